@@ -1,0 +1,159 @@
+"""The one pipeline every CAM method shares (paper Eq. 1 and Eq. 10).
+
+A method is a rule for the coefficients ``alpha`` (one per activation map). Everything else is
+common: ``A = body(x)`` once, ``L = ReLU(sum_k alpha_k A_k)`` (Eq. 1), ``u`` = bilinear upsampling
+to the input size, ``s`` = per-image min-max normalisation (Eq. 10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .split import CamSplit
+
+
+class SignedActivationsWarning(UserWarning):
+    """The chosen layer's maps take negative values; CAM assumes non-negative maps."""
+
+
+@dataclass(frozen=True)
+class CamInput:
+    """What a coefficient rule sees: the split model, the images, their maps and the targets."""
+
+    split: CamSplit
+    x: torch.Tensor  # (B, C, H, W) images, on the model's device
+    maps: torch.Tensor  # (B, N, h, w) activation maps A, detached
+    target: torch.Tensor  # (B,) class indices c
+
+    def target_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``F^c`` for each image: (B, K) logits -> (B,)."""
+        return logits.gather(1, self.target[:, None])[:, 0]
+
+    @property
+    def num_maps(self) -> int:
+        return self.maps.shape[1]
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's own mode afterwards, also on errors."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor batch of images, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"x must be a batch of images with shape (B, C, H, W), got shape {tuple(x.shape)}; "
+            "use x[None] for a single image"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (preprocessed images), got {x.dtype}")
+
+
+def _check_maps(maps: torch.Tensor, split: CamSplit) -> None:
+    if maps.dim() != 4:
+        raise ValueError(
+            f"layer {split.layer!r} outputs shape {tuple(maps.shape)}, not activation maps "
+            "(B, C, H, W); choose a convolutional layer. Layers: " + ", ".join(split.layers())
+        )
+    negative = (maps < 0).float().mean().item()
+    if negative > 0.01:
+        warnings.warn(
+            f"{100 * negative:.0f}% of the activations at layer {split.layer!r} are negative. CAM "
+            "assumes non-negative maps (the output of a ReLU): ReLU(sum_k alpha_k A_k) of signed "
+            "maps can be unfaithful even when alpha is accurate. Prefer a post-activation layer.",
+            SignedActivationsWarning,
+            stacklevel=4,
+        )
+
+
+def resolve_target(target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor
+                   ) -> torch.Tensor:
+    """Class index per image: ``None`` = the predicted class; an int = that class for all images;
+    a sequence or tensor = one class per image (its length must equal the batch size)."""
+    batch, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(1)
+    if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
+        target = torch.full((batch,), int(target), dtype=torch.long)
+    else:
+        target = torch.as_tensor(target)
+        if target.dim() != 1 or target.shape[0] != batch:
+            raise ValueError(
+                f"target must be None, an int, or one class per image: got shape "
+                f"{tuple(target.shape)} for a batch of {batch} images"
+            )
+        if target.is_floating_point() or target.dtype == torch.bool:
+            raise TypeError(f"target classes must be integers, got {target.dtype}")
+    target = target.to(device=logits.device, dtype=torch.long)
+    bad = (target < 0) | (target >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"target {target[bad][0].item()} is out of range: the model has {num_classes} classes, "
+            f"valid targets are 0 .. {num_classes - 1}"
+        )
+    return target
+
+
+def prepare(split: CamSplit, x: torch.Tensor, target=None) -> CamInput:
+    """Run the body once and resolve the targets (predicted class where ``target`` is None)."""
+    _check_images(x)
+    x = x.to(split.device)
+    with torch.no_grad():
+        maps = split.body(x)
+        _check_maps(maps, split)
+        logits = split.head(maps)
+    return CamInput(split=split, x=x, maps=maps, target=resolve_target(target, logits))
+
+
+def _method(name: str):
+    from .methods import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def coefficients(method: str, split: CamSplit, x: torch.Tensor, target=None, **options
+                 ) -> torch.Tensor:
+    """``alpha`` of ``method`` for each image: shape (B, N), N = number of activation maps."""
+    rule = _method(method)
+    with eval_mode(split.net):
+        return rule(prepare(split, x, target), **options)
+
+
+def cam_map(alpha: torch.Tensor, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``s(u(ReLU(sum_k alpha_k A_k)))`` (Eqs. 1 and 10): (B, N), (B, N, h, w) -> (B, H, W) in [0, 1].
+
+    A map that is constant (e.g. all zero after the ReLU) normalises to zeros, never NaN.
+    """
+    weighted = torch.einsum("bn,bnhw->bhw", alpha.to(maps.dtype), maps).clamp_min(0)
+    up = F.interpolate(weighted[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    low = up.flatten(1).amin(1)[:, None, None]
+    high = up.flatten(1).amax(1)[:, None, None]
+    span = high - low
+    return torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+def saliency(method: str, split: CamSplit, x: torch.Tensor, target=None, **options) -> torch.Tensor:
+    """The explanation map of ``method``: shape (B, H, W), values in [0, 1]."""
+    rule = _method(method)
+    with eval_mode(split.net):
+        inputs = prepare(split, x, target)
+        alpha = rule(inputs, **options)
+    return cam_map(alpha, inputs.maps, tuple(x.shape[-2:]))

@@ -1,0 +1,162 @@
+"""The rule table: what each operation of a head ``F`` does to the activation maps ``A``.
+
+Rule-based attribution (DeepLIFT for LIFT-CAM, LRP for LRP-CAM) and the closed-form Shapley values
+of a linear head need to know, for every op of ``F`` that depends on ``A``, whether it is
+
+* ``AFFINE``: linear in its ``A``-dependent input plus a constant (conv, linear, batch norm in eval
+  mode, average pooling, reshapes, sums, products with a constant);
+* ``ELEMENTWISE``: a scalar non-linearity applied to each entry (ReLU, ReLU6, Tanh, Sigmoid, ...);
+* ``MAX_POOL``: a max over windows;
+* ``METADATA``: a shape query such as ``A.size(0)``, which carries no activation values.
+
+Anything else (a product of two ``A``-dependent tensors, a softmax, a normalisation by a norm)
+raises :class:`UnsupportedHeadOpError`. Nothing is ever silently treated as linear.
+"""
+
+from __future__ import annotations
+
+import enum
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+class OpKind(enum.Enum):
+    AFFINE = "affine"
+    ELEMENTWISE = "elementwise"
+    MAX_POOL = "max_pool"
+    METADATA = "metadata"
+
+
+class UnsupportedHeadOpError(NotImplementedError):
+    """A head op that the attribution rules do not cover."""
+
+
+_AFFINE_MODULES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.ZeroPad2d,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus,
+)
+_MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                     nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+_AFFINE_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute,
+    torch.cat, torch.mean, torch.sum, torch.add, torch.sub, operator.add, operator.sub,
+    operator.neg, operator.pos, operator.getitem, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.avg_pool1d, F.avg_pool2d, F.dropout, F.pad, F.linear, F.conv1d, F.conv2d,
+}
+# Products and quotients are affine only with one A-dependent operand (the numerator, for division).
+_SCALING_FUNCTIONS = {operator.mul, torch.mul, operator.truediv, torch.div}
+_ELEMENTWISE_FUNCTIONS = {
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardtanh,
+    F.hardswish, F.hardsigmoid, F.softplus, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
+    torch.clamp,
+}
+_MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                       torch.max_pool2d}
+
+_AFFINE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
+                   "contiguous", "mean", "sum", "__getitem__", "add", "sub", "neg"}
+_SCALING_METHODS = {"mul", "div"}
+_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max"}
+_METADATA_METHODS = {"size", "dim"}
+
+
+def _describe(node: fx.Node, head: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r} ({type(head.get_submodule(node.target)).__name__})"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"{node.op} {target!r} (node {node.name!r})"
+
+
+def _classify(node: fx.Node, head: fx.GraphModule, depends: set[fx.Node]) -> OpKind:
+    if node.op == "call_module":
+        module = head.get_submodule(node.target)
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and module.training:
+            raise UnsupportedHeadOpError(
+                f"{_describe(node, head)} is in training mode; put the model in eval mode"
+            )
+        for kinds, kind in ((_AFFINE_MODULES, OpKind.AFFINE),
+                            (_ELEMENTWISE_MODULES, OpKind.ELEMENTWISE),
+                            (_MAX_POOL_MODULES, OpKind.MAX_POOL)):
+            if isinstance(module, kinds):
+                return kind
+    elif node.op == "call_function":
+        if node.target in _AFFINE_FUNCTIONS:
+            return OpKind.AFFINE
+        if node.target in _SCALING_FUNCTIONS:
+            return _scaling_kind(node, head, depends)
+        if node.target in _ELEMENTWISE_FUNCTIONS:
+            return OpKind.ELEMENTWISE
+        if node.target in _MAX_POOL_FUNCTIONS:
+            return OpKind.MAX_POOL
+        if node.target is getattr and node.args[1] == "shape":
+            return OpKind.METADATA
+    elif node.op == "call_method":
+        if node.target in _AFFINE_METHODS:
+            return OpKind.AFFINE
+        if node.target in _SCALING_METHODS:
+            return _scaling_kind(node, head, depends)
+        if node.target in _ELEMENTWISE_METHODS:
+            return OpKind.ELEMENTWISE
+        if node.target in _METADATA_METHODS:
+            return OpKind.METADATA
+    raise UnsupportedHeadOpError(
+        f"the head contains {_describe(node, head)}, which has no attribution rule. "
+        "Supported: affine ops (conv, linear, eval-mode batch norm, average pooling, reshapes, "
+        "sums, products with a constant), elementwise non-linearities "
+        f"({', '.join(sorted(m.__name__ for m in _ELEMENTWISE_MODULES))}) and max pooling. "
+        "Cut the network at a later layer, or add a rule to liftcam_utils.head_ops."
+    )
+
+
+def _scaling_kind(node: fx.Node, head: fx.GraphModule, depends: set[fx.Node]) -> OpKind:
+    operands = [a for a in node.args if isinstance(a, fx.Node) and a in depends]
+    is_division = node.target in (operator.truediv, torch.div, "div")
+    if len(operands) == 1 and not (is_division and node.args[0] is not operands[0]):
+        return OpKind.AFFINE
+    raise UnsupportedHeadOpError(
+        f"the head contains {_describe(node, head)} with {len(operands)} operands that depend on "
+        "the activation maps; only products with a constant are affine, and neither DeepLIFT's "
+        "Rescale rule nor LRP defines a rule for the product of two variables"
+    )
+
+
+def classify_head(head: fx.GraphModule) -> dict[fx.Node, OpKind]:
+    """Kind of every head node that depends on the activation maps (the placeholder ``A``).
+
+    Raises :class:`UnsupportedHeadOpError` on the first op without a rule.
+    """
+    kinds: dict[fx.Node, OpKind] = {}
+    depends: set[fx.Node] = set()
+    for node in head.graph.nodes:
+        if node.op == "placeholder":
+            depends.add(node)
+            continue
+        if node.op == "output" or not any(a in depends for a in node.all_input_nodes):
+            continue
+        kind = _classify(node, head, depends)
+        kinds[node] = kind
+        if kind is not OpKind.METADATA:
+            depends.add(node)
+    return kinds
+
+
+def is_affine_head(head: fx.GraphModule) -> bool:
+    """True when ``F`` is affine in ``A`` (e.g. ResNet's avgpool + fc), so Shapley values are exact
+    marginals; False when it has non-linear ops or ops without a rule."""
+    try:
+        kinds = classify_head(head)
+    except UnsupportedHeadOpError:
+        return False
+    return all(k in (OpKind.AFFINE, OpKind.METADATA) for k in kinds.values())

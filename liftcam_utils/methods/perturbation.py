@@ -1,0 +1,64 @@
+"""Perturbation-based coefficient rules: Score-CAM and Ablation-CAM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..cam import CamInput
+from ..channel_game import check_positive_int, coalition_values
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation to [0, 1]; a constant map becomes 0."""
+    flat = maps.flatten(-2)
+    low, high = flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
+    span = high - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
+
+
+def scorecam(inputs: CamInput, batch_size: int = 32) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020, Definition 2, Channel-wise Increase of Confidence).
+
+    ``H_k = s(Up(A_k))``; ``alpha_k = softmax(f(x o H_k))_c - softmax(f(x_b))_c`` with the
+    baseline ``x_b = 0`` (the zero image in the model's normalised input space, i.e. the dataset's
+    mean colour), as in the masks ``x o H_k``. Runs N full forward passes per image,
+    ``batch_size`` masked images at a time; only that many masks exist at once.
+    """
+    check_positive_int("batch_size", batch_size)
+    net = inputs.split.net
+    x, maps = inputs.x, inputs.maps
+    size = tuple(x.shape[-2:])
+    alpha = torch.empty(maps.shape[:2], device=maps.device, dtype=maps.dtype)
+    with torch.no_grad():
+        baseline = net(torch.zeros_like(x[:1])).softmax(1)[0]
+        for b in range(x.shape[0]):
+            c = inputs.target[b]
+            for start in range(0, maps.shape[1], batch_size):
+                chunk = maps[b, start:start + batch_size]
+                masks = _min_max(F.interpolate(chunk[:, None], size=size, mode="bilinear",
+                                               align_corners=False))
+                scores = net(x[b:b + 1] * masks).softmax(1)[:, c]
+                alpha[b, start:start + chunk.shape[0]] = scores - baseline[c]
+    return alpha
+
+
+def ablationcam(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
+    """Ablation-CAM (Desai & Ramaswamy 2020; the paper's Eq. 9).
+
+    ``alpha_k = (F^c(A) - F^c(A without k)) / F^c(A)``: N head evaluations per image, batched; the
+    body is never rerun.
+    """
+    alpha = torch.empty(inputs.maps.shape[:2], device=inputs.maps.device, dtype=inputs.maps.dtype)
+    n = inputs.num_maps
+    without_one = 1 - torch.eye(n, device=inputs.maps.device)
+    full = torch.ones(1, n, device=inputs.maps.device)
+    for b in range(inputs.maps.shape[0]):
+        score = coalition_values(inputs, b, full)[0]
+        if score == 0:
+            raise ValueError(
+                f"Ablation-CAM divides by F^c(A), which is exactly 0 for image {b}; "
+                "its coefficients are undefined there"
+            )
+        alpha[b] = (score - coalition_values(inputs, b, without_one, batch_size)) / score
+    return alpha

@@ -1,0 +1,161 @@
+"""Shapley values of the channel game (the paper's Eq. 6) and their estimators.
+
+* ``shapcam``: SHAP-CAM_P, Algorithm 1 (mean marginal contribution over P random orderings).
+* ``exact_shap``: Eq. 6 itself; closed form for an affine head, exhaustive for a few channels.
+* ``kernelshapcam``: KernelSHAP (Lundberg & Lee 2017, Theorem 2) on the channel players.
+
+All satisfy local accuracy, ``sum_k alpha_k = F^c(A) - F^c(0)`` (footnote 4 of the paper).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..cam import CamInput
+from ..channel_game import check_positive_int, coalition_values
+from ..head_ops import is_affine_head
+
+MAX_EXHAUSTIVE_PLAYERS = 16
+
+
+def random_orderings(n_players: int, n_orderings: int, seed: int) -> torch.Tensor:
+    """``n_orderings`` seeded random permutations of ``range(n_players)``, shape (P, N), on CPU.
+
+    Drawn from ``seed`` alone, so every image, device and batch size sees the same orderings.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n_players, generator=generator) for _ in range(n_orderings)])
+
+
+def prefix_coalitions(ordering: torch.Tensor) -> torch.Tensor:
+    """The N - 1 proper, non-empty prefixes of one ordering as coalitions, shape (N - 1, N)."""
+    n = ordering.shape[0]
+    rank = torch.empty_like(ordering)
+    rank[ordering] = torch.arange(n)
+    return rank[None, :] < torch.arange(1, n)[:, None]
+
+
+def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0,
+            batch_size: int = 256) -> torch.Tensor:
+    """SHAP-CAM_P (Algorithm 1): average over P orderings of the marginal contributions.
+
+    Along an ordering ``pi`` the prefixes ``{pi(1..i)}`` are evaluated once each, so one ordering
+    costs N - 1 head evaluations (the empty and full coalitions are shared by all orderings), not
+    the 2N of a literal reading of Algorithm 1.
+    """
+    check_positive_int("n_permutations", n_permutations)
+    n = inputs.num_maps
+    orderings = random_orderings(n, n_permutations, seed)
+    ends = torch.stack([torch.zeros(n), torch.ones(n)])
+    alpha = torch.zeros(inputs.maps.shape[:2], dtype=torch.float64)
+    for b in range(inputs.maps.shape[0]):
+        empty, full = coalition_values(inputs, b, ends).double().cpu()
+        for ordering in orderings:
+            inner = coalition_values(inputs, b, prefix_coalitions(ordering), batch_size)
+            path = torch.cat([empty[None], inner.double().cpu(), full[None]])
+            alpha[b, ordering] += path.diff()
+    return (alpha / n_permutations).to(device=inputs.maps.device, dtype=inputs.maps.dtype)
+
+
+def _all_coalitions(n: int) -> torch.Tensor:
+    codes = torch.arange(2 ** n)
+    return (codes[:, None] >> torch.arange(n)) & 1
+
+
+def exhaustive_shapley(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Eq. 6 from the values of all 2^N coalitions (coalition ``S`` at index ``sum_{k in S} 2^k``)."""
+    codes = torch.arange(2 ** n)
+    sizes = ((codes[:, None] >> torch.arange(n)) & 1).sum(1)
+    weight = torch.tensor([math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n)
+                           for s in range(n)], dtype=torch.float64)
+    phi = torch.empty(n, dtype=torch.float64)
+    values = values.double()
+    for k in range(n):
+        without = codes[(codes >> k) & 1 == 0]
+        phi[k] = (weight[sizes[without]] * (values[without | (1 << k)] - values[without])).sum()
+    return phi
+
+
+def exact_shap(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
+    """The exact Shapley values of Eq. 6.
+
+    For an affine head (e.g. ResNet's avgpool + fc) every marginal contribution of channel ``k``
+    is the same, so ``alpha_k = F^c(A_k alone) - F^c(0)`` (N + 1 head evaluations). Otherwise all
+    2^N coalitions are evaluated, which is allowed for N <= 16 channels.
+    """
+    n = inputs.num_maps
+    alpha = torch.empty(inputs.maps.shape[:2], dtype=torch.float64)
+    if is_affine_head(inputs.split.head):
+        singles = torch.cat([torch.zeros(1, n), torch.eye(n)])
+        for b in range(inputs.maps.shape[0]):
+            values = coalition_values(inputs, b, singles, batch_size).double()
+            alpha[b] = (values[1:] - values[0]).cpu()
+    elif n <= MAX_EXHAUSTIVE_PLAYERS:
+        coalitions = _all_coalitions(n)
+        for b in range(inputs.maps.shape[0]):
+            alpha[b] = exhaustive_shapley(coalition_values(inputs, b, coalitions, batch_size).cpu(), n)
+    else:
+        raise ValueError(
+            f"exact_shap needs an affine head or at most {MAX_EXHAUSTIVE_PLAYERS} channels; layer "
+            f"{inputs.split.layer!r} has {n} channels and a non-linear head. Use 'shapcam' "
+            "(sampled orderings) or 'liftcam' instead."
+        )
+    return alpha.to(device=inputs.maps.device, dtype=inputs.maps.dtype)
+
+
+def shapley_kernel_weight(n: int, size: torch.Tensor) -> torch.Tensor:
+    """The Shapley kernel ``(M - 1) / (C(M, |z|) |z| (M - |z|))`` of Theorem 2 (for 0 < |z| < M)."""
+    binom = torch.tensor([math.comb(n, int(s)) for s in size], dtype=torch.float64)
+    size = size.double()
+    return (n - 1) / (binom * size * (n - size))
+
+
+def _sample_kernel_coalitions(n: int, n_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Coalitions with sizes drawn proportional to the kernel mass ``(M-1) / (s (M - s))`` of each
+    size, members uniform given the size, each followed by its complement (paired sampling)."""
+    sizes = torch.arange(1, n)
+    mass = (n - 1) / (sizes * (n - sizes)).double()
+    half = (n_samples + 1) // 2
+    drawn = sizes[torch.multinomial(mass / mass.sum(), half, replacement=True, generator=generator)]
+    scores = torch.rand(half, n, generator=generator)
+    rank = scores.argsort(1).argsort(1)
+    coalitions = rank < drawn[:, None]
+    return torch.cat([coalitions, ~coalitions])[:n_samples]
+
+
+def kernelshapcam(inputs: CamInput, n_samples: int = 2048, seed: int = 0,
+                  batch_size: int = 256) -> torch.Tensor:
+    """KernelSHAP-CAM: the weighted linear regression of Lundberg & Lee (2017, Theorem 2) on the
+    channel game, with local accuracy imposed exactly (``alpha_0 = F^c(0)`` and
+    ``sum_k alpha_k = F^c(A) - F^c(0)``).
+
+    If ``n_samples`` covers all 2^N - 2 proper coalitions they are enumerated with their exact
+    kernel weights and the result is the exact Shapley value; otherwise coalitions are sampled
+    from the kernel (paired with their complements) and weighted equally.
+    """
+    check_positive_int("n_samples", n_samples)
+    n = inputs.num_maps
+    if n < 2:
+        raise ValueError("kernelshapcam needs at least 2 channels")
+    enumerate_all = n <= 30 and n_samples >= 2 ** n - 2
+    if enumerate_all:
+        coalitions = _all_coalitions(n)[1:-1].bool()
+        weights = shapley_kernel_weight(n, coalitions.sum(1))
+    else:
+        coalitions = _sample_kernel_coalitions(n, n_samples, torch.Generator().manual_seed(seed))
+        weights = torch.ones(coalitions.shape[0], dtype=torch.float64)
+    z = coalitions.double()
+    ends = torch.stack([torch.zeros(n), torch.ones(n)])
+    alpha = torch.empty(inputs.maps.shape[:2], dtype=torch.float64)
+    for b in range(inputs.maps.shape[0]):
+        empty, full = coalition_values(inputs, b, ends).double().cpu()
+        values = coalition_values(inputs, b, coalitions, batch_size).double().cpu()
+        # Eliminate the last coefficient with sum(alpha) = full - empty, then solve for the rest.
+        target = values - empty - z[:, -1] * (full - empty)
+        design = z[:, :-1] - z[:, -1:]
+        root_w = weights.sqrt()[:, None]
+        head = torch.linalg.lstsq(design * root_w, target[:, None] * root_w).solution[:, 0]
+        alpha[b] = torch.cat([head, (full - empty - head.sum())[None]])
+    return alpha.to(device=inputs.maps.device, dtype=inputs.maps.dtype)

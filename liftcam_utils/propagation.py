@@ -1,0 +1,146 @@
+"""Rule-based backward passes through a head: DeepLIFT-Rescale and LRP-epsilon.
+
+Both are "gradient x input" with modified local derivatives (multipliers), so both run as one
+forward pass of an ``fx.Interpreter`` over the head, in which every non-linear op is replaced by
+``y = g(z) + m * (z - stop_grad(z))``: forward value ``g(z)``, backward derivative ``m``. One
+ordinary backward pass then yields the multipliers of ``A``; contributions are ``A * multiplier``.
+
+DeepLIFT-Rescale (Shrikumar et al. 2017, Sec. 3.3) with the reference ``A = 0`` (LIFT-CAM, Eq. 7):
+the head runs on the stacked batch ``[A; 0]``, so every op sees its input ``z`` and reference
+input ``z_ref`` at once. Elementwise ``g`` gets ``m = (g(z) - g(z_ref)) / (z - z_ref)`` (the
+derivative where ``|z - z_ref|`` is tiny); affine ops keep their own derivative; a max pool whose
+reference input is constant in each window routes the difference to the arg-max, which is exact.
+Then the contributions of all neurons sum to ``F^c(A) - F^c(0)`` exactly (summation-to-delta,
+Eq. 4, hence local accuracy, Eq. 8).
+
+LRP-epsilon (Bach et al. 2015) runs on ``A`` alone: relevance passes elementwise non-linearities
+unchanged (``m = g(z) / z``), and every parametrised affine layer ``y = W x + b`` redistributes
+with ``R_x = x * W^T (R_y / (y + eps * sign(y)))``, i.e. ``m_y`` is scaled by
+``y / (y + eps * sign(y))``. Max pooling is winner-takes-all (its ordinary gradient).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .head_ops import OpKind, classify_head
+
+_FLAT_TOLERANCE = 1e-6
+
+
+def _with_multiplier(value: torch.Tensor, z: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
+    """Forward ``value``; backward ``d value / d z = multiplier`` (elementwise)."""
+    return value.detach() + multiplier.detach() * (z - z.detach())
+
+
+class _RuleInterpreter(fx.Interpreter):
+    """Runs a head, replacing each op's local derivative according to ``classify_head``."""
+
+    def __init__(self, head: fx.GraphModule):
+        super().__init__(head)
+        self.kinds = classify_head(head)
+
+    def run_node(self, node: fx.Node) -> Any:
+        kind = self.kinds.get(node)
+        if kind is OpKind.ELEMENTWISE:
+            args, kwargs = self.fetch_args_kwargs_from_env(node)
+            z, rest = args[0], args[1:]
+
+            def g(t: torch.Tensor) -> torch.Tensor:  # clone: in-place ReLUs must not touch z
+                return getattr(self, node.op)(node.target, (t.clone(), *rest), kwargs)
+
+            return self.elementwise(z, g)
+        out = super().run_node(node)
+        if kind is OpKind.MAX_POOL:
+            self.max_pool(node, self.fetch_args_kwargs_from_env(node)[0][0])
+        elif kind is OpKind.AFFINE and node.op == "call_module":
+            out = self.affine_module(self.module.get_submodule(node.target), out)
+        return out
+
+    def elementwise(self, z: torch.Tensor, g) -> torch.Tensor:
+        raise NotImplementedError
+
+    def max_pool(self, node: fx.Node, z: torch.Tensor) -> None:
+        """Max pooling keeps its gradient; subclasses may check its preconditions."""
+
+    def affine_module(self, module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
+def _derivative(g, z: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        t = z.detach().requires_grad_(True)
+        return torch.autograd.grad(g(t).sum(), t)[0]
+
+
+class _RescaleInterpreter(_RuleInterpreter):
+    """DeepLIFT-Rescale on a stacked batch: first half the input, second half the reference."""
+
+    def elementwise(self, z, g):
+        out = g(z)
+        half = z.shape[0] // 2
+        dz = z[:half] - z[half:]
+        dy = out[:half] - out[half:]
+        flat = dz.abs() <= _FLAT_TOLERANCE
+        m = torch.where(flat, _derivative(g, z[:half]), dy / torch.where(flat, 1.0, dz))
+        return _with_multiplier(out, z, torch.cat([m, m]))
+
+    def max_pool(self, node, z):
+        reference = z[z.shape[0] // 2:].flatten(2)
+        spread = (reference.amax(-1) - reference.amin(-1)).abs().max()
+        if spread > _FLAT_TOLERANCE * max(1.0, reference.abs().max().item()):
+            raise NotImplementedError(
+                f"max pool {node.name!r}: its reference input varies within the image "
+                f"(spread {spread.item():.3g}); DeepLIFT's max-pool rule here assumes a reference "
+                "that is constant per channel, as it is when the pool acts on A (reference 0)"
+            )
+
+
+class _EpsilonInterpreter(_RuleInterpreter):
+    """LRP-epsilon on the input alone."""
+
+    def __init__(self, head: fx.GraphModule, epsilon: float):
+        super().__init__(head)
+        self.epsilon = epsilon
+
+    def elementwise(self, z, g):
+        out = g(z)
+        safe_z = torch.where(z == 0, 1.0, z)
+        m = torch.where(z == 0, 0.0, out / safe_z)
+        return _with_multiplier(out, z, m)
+
+    def affine_module(self, module, out):
+        if not any(True for _ in module.parameters(recurse=False)):
+            return out
+        stabilised = out + self.epsilon * torch.where(out >= 0, 1.0, -1.0)
+        return _with_multiplier(out, out, out / stabilised)
+
+
+def _contributions(interpreter: _RuleInterpreter, maps: torch.Tensor, target: torch.Tensor,
+                   stacked_reference: bool) -> torch.Tensor:
+    batch = maps.shape[0]
+    with torch.enable_grad():
+        a = maps.detach().requires_grad_(True)
+        inputs = torch.cat([a, torch.zeros_like(a)]) if stacked_reference else a
+        logits = interpreter.run(inputs)
+        selected = logits[:batch].gather(1, target[:, None]).sum()
+        (grad,) = torch.autograd.grad(selected, a)
+    return (a.detach() * grad).flatten(2).sum(-1)
+
+
+def deeplift_rescale_channel_contributions(head: fx.GraphModule, maps: torch.Tensor,
+                                           target: torch.Tensor) -> torch.Tensor:
+    """``C_{Delta A_k Delta F^c}`` of Eq. 7: DeepLIFT-Rescale contributions of each map, reference 0.
+
+    Returns shape (B, N); each row sums to ``F^c(A) - F^c(0)`` (Eq. 8).
+    """
+    return _contributions(_RescaleInterpreter(head), maps, target, stacked_reference=True)
+
+
+def lrp_epsilon_channel_relevance(head: fx.GraphModule, maps: torch.Tensor, target: torch.Tensor,
+                                  epsilon: float) -> torch.Tensor:
+    """LRP-epsilon relevance of each activation map for ``F^c``, summed over the map. (B, N)."""
+    return _contributions(_EpsilonInterpreter(head, epsilon), maps, target, stacked_reference=False)
