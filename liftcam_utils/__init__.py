@@ -9,11 +9,11 @@ Every CAM method is a rule for the coefficients ``alpha`` of ``L = ReLU(sum_k al
 >>> maps = saliency("liftcam", split, x)       # (B, H, W) in [0, 1]
 """
 
-from .cam import SignedActivationsWarning, cam_map, coefficients, eval_mode, saliency
+from .cam import SignedActivationsWarning, cam_map, coefficients, saliency
 from .head_ops import UnsupportedHeadOpError
 from .methods import METHODS
 from .models import MODEL_NAMES, LoadedModel, load_model
-from .split import CamSplit, split_model
+from .split import CamSplit, eval_mode, split_model
 
 __all__ = [
     "METHODS",

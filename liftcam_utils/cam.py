@@ -7,16 +7,14 @@ to the input size, ``s`` = per-image min-max normalisation (Eq. 10).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .split import CamSplit
+from .split import CamSplit, eval_mode
 
 
 class SignedActivationsWarning(UserWarning):
@@ -39,18 +37,6 @@ class CamInput:
     @property
     def num_maps(self) -> int:
         return self.maps.shape[1]
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; restore each one's own mode afterwards, also on errors."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _check_images(x: torch.Tensor) -> None:

