@@ -1,0 +1,64 @@
+"""Run the workbook headlessly: every ``notebooks/NN_*.ipynb`` in order, through papermill.
+
+    python -m liftcam_utils.workbook [NOTEBOOK_DIR] [OUTPUT_DIR] [-p NAME VALUE ...]
+
+Executed notebooks are written to ``OUTPUT_DIR`` (default ``results/``). ``-p`` overrides a
+parameter of every notebook that declares it in its ``parameters`` cell (values are parsed as
+Python literals where possible, e.g. ``-p n_images 1000 -p device cuda``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def notebooks_in(directory: Path) -> list[Path]:
+    """The numbered notebooks of ``directory``, in order."""
+    return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run(notebook_dir: Path, output_dir: Path, parameters: dict) -> list[Path]:
+    import papermill
+
+    notebooks = notebooks_in(notebook_dir)
+    if not notebooks:
+        print(f"no numbered notebooks in {notebook_dir}/ yet: nothing to run")
+        return []
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for notebook in notebooks:
+        declared = papermill.inspect_notebook(str(notebook))
+        own = {k: v for k, v in parameters.items() if k in declared}
+        target = output_dir / notebook.name
+        print(f"running {notebook.name} {own or ''}", flush=True)
+        papermill.execute_notebook(str(notebook), str(target), parameters=own, cwd=str(notebook_dir),
+                                   progress_bar=False)
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("notebook_dir", nargs="?", default="notebooks", type=Path)
+    parser.add_argument("output_dir", nargs="?", default="results", type=Path)
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"), help="override a notebook parameter")
+    args = parser.parse_args(argv)
+    if not args.notebook_dir.is_dir():
+        parser.error(f"notebook directory {args.notebook_dir} does not exist")
+    run(args.notebook_dir, args.output_dir, {k: _literal(v) for k, v in args.parameter})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
