@@ -123,17 +123,26 @@ def coefficients(method: str, split: CamSplit, x: torch.Tensor, target=None, **o
         return rule(prepare(split, x, target), **options)
 
 
+def upsample_and_normalise(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``s(u(.))`` of Eq. 10 for each map: bilinear upsampling to ``size``, then min-max to [0, 1].
+
+    (B, M, h, w) -> (B, M, H, W). A map that is constant before upsampling becomes 0, never NaN
+    (deciding after upsampling would stretch float rounding of a constant into a 0-1 pattern).
+    """
+    up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    flat, source = up.flatten(-2), maps.flatten(-2)
+    low, high = flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
+    varies = (source.amax(-1) > source.amin(-1))[..., None, None] & (high > low)
+    return torch.where(varies, (up - low) / torch.where(varies, high - low, 1.0), 0.0)
+
+
 def cam_map(alpha: torch.Tensor, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``s(u(ReLU(sum_k alpha_k A_k)))`` (Eqs. 1 and 10): (B, N), (B, N, h, w) -> (B, H, W) in [0, 1].
 
     A map that is constant (e.g. all zero after the ReLU) normalises to zeros, never NaN.
     """
     weighted = torch.einsum("bn,bnhw->bhw", alpha.to(maps.dtype), maps).clamp_min(0)
-    up = F.interpolate(weighted[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    low = up.flatten(1).amin(1)[:, None, None]
-    high = up.flatten(1).amax(1)[:, None, None]
-    span = high - low
-    return torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1.0), 0.0)
+    return upsample_and_normalise(weighted[:, None], size)[:, 0]
 
 
 def saliency(method: str, split: CamSplit, x: torch.Tensor, target=None, **options) -> torch.Tensor:

@@ -71,6 +71,22 @@ _SCALING_METHODS = {"mul", "div"}
 _ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max"}
 _METADATA_METHODS = {"size", "dim"}
 
+# node.op -> (target -> kind, targets that are affine with one A-dependent operand)
+_CALL_RULES = {
+    "call_function": (
+        {**dict.fromkeys(_AFFINE_FUNCTIONS, OpKind.AFFINE),
+         **dict.fromkeys(_ELEMENTWISE_FUNCTIONS, OpKind.ELEMENTWISE),
+         **dict.fromkeys(_MAX_POOL_FUNCTIONS, OpKind.MAX_POOL)},
+        _SCALING_FUNCTIONS,
+    ),
+    "call_method": (
+        {**dict.fromkeys(_AFFINE_METHODS, OpKind.AFFINE),
+         **dict.fromkeys(_ELEMENTWISE_METHODS, OpKind.ELEMENTWISE),
+         **dict.fromkeys(_METADATA_METHODS, OpKind.METADATA)},
+        _SCALING_METHODS,
+    ),
+}
+
 
 def _describe(node: fx.Node, head: fx.GraphModule) -> str:
     if node.op == "call_module":
@@ -91,25 +107,13 @@ def _classify(node: fx.Node, head: fx.GraphModule, depends: set[fx.Node]) -> OpK
                             (_MAX_POOL_MODULES, OpKind.MAX_POOL)):
             if isinstance(module, kinds):
                 return kind
-    elif node.op == "call_function":
-        if node.target in _AFFINE_FUNCTIONS:
-            return OpKind.AFFINE
-        if node.target in _SCALING_FUNCTIONS:
+    elif node.op in _CALL_RULES:
+        rules, scaling = _CALL_RULES[node.op]
+        if node.target in scaling:
             return _scaling_kind(node, head, depends)
-        if node.target in _ELEMENTWISE_FUNCTIONS:
-            return OpKind.ELEMENTWISE
-        if node.target in _MAX_POOL_FUNCTIONS:
-            return OpKind.MAX_POOL
+        if node.target in rules:
+            return rules[node.target]
         if node.target is getattr and node.args[1] == "shape":
-            return OpKind.METADATA
-    elif node.op == "call_method":
-        if node.target in _AFFINE_METHODS:
-            return OpKind.AFFINE
-        if node.target in _SCALING_METHODS:
-            return _scaling_kind(node, head, depends)
-        if node.target in _ELEMENTWISE_METHODS:
-            return OpKind.ELEMENTWISE
-        if node.target in _METADATA_METHODS:
             return OpKind.METADATA
     raise UnsupportedHeadOpError(
         f"the head contains {_describe(node, head)}, which has no attribution rule. "

@@ -374,14 +374,8 @@ def test_scorecam_batch_size_does_not_change_results():
                                    rtol=1e-6, atol=1e-8)
 
 
-def test_scorecam_constant_map_gives_exactly_zero():
-    inputs, _ = _scorecam_case()
-    for batch_size in (1, 3):
-        assert scorecam(inputs, batch_size=batch_size)[0, 2].item() == 0.0
-
-
 @pytest.mark.parametrize("map_size, image_size", [(4, 8), (7, 224), (3, 10), (7, 225)])
-def test_scorecam_constant_map_gives_zero_at_any_scale(map_size, image_size):
+def test_scorecam_constant_map_gives_exactly_zero(map_size, image_size):
     """Up(constant) is constant, so its min-max mask is 0 and x o 0 is the baseline image itself.
 
     4 -> 8 and 7 -> 224 are integer scale factors, where float32 bilinear weights are exact; at
@@ -416,7 +410,8 @@ def test_cam_map_by_hand():
 @pytest.mark.parametrize("map_size, image_size", [(2, 4), (3, 10)])
 def test_cam_map_constant_map_is_zero(alpha, map_size, image_size):
     """cam_map's contract: a constant map normalises to zeros (3 -> 10 is a non-integer scale)."""
-    maps = torch.stack([torch.rand(map_size, map_size) + 0.1,
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.stack([torch.rand(map_size, map_size, generator=generator) + 0.1,
                         torch.full((map_size, map_size), 0.7)])[None]
     result = lu.cam_map(torch.tensor([alpha]), maps, (image_size, image_size))
     assert torch.equal(result, torch.zeros(1, image_size, image_size))

@@ -14,9 +14,10 @@ def limecam(inputs: CamInput, n_samples: int = 1000, kernel_width: float = 0.25,
     to ``F^c(h_A(a'))`` on random coalitions.
 
     Coalitions keep each channel with probability 1/2 (plus the full coalition, as LIME includes
-    the original instance). Sample weights are LIME's exponential kernel
-    ``pi(a') = exp(-D(a', 1)^2 / kernel_width^2)`` with the cosine distance ``D`` to the full
-    coalition; ``ridge`` is the L2 penalty on ``alpha_1..N`` (LIME's default 1.0; 0 = least squares).
+    the original instance). Sample weights are the LIME paper's exponential kernel
+    ``pi(a') = exp(-D(a', 1)^2 / kernel_width^2)`` (the ``lime`` package uses its square root)
+    with the cosine distance ``D`` to the full coalition; ``ridge`` is the L2 penalty on
+    ``alpha_1..N`` (LIME's default 1.0; 0 = least squares).
     """
     check_positive_int("n_samples", n_samples)
     if not kernel_width > 0 or not ridge >= 0:

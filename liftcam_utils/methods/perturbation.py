@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..cam import CamInput
+from ..cam import CamInput, upsample_and_normalise
 from ..channel_game import check_positive_int, coalition_values
-
-
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalisation to [0, 1]; a constant map becomes 0."""
-    flat = maps.flatten(-2)
-    low, high = flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
-    span = high - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
 
 
 def scorecam(inputs: CamInput, batch_size: int = 32) -> torch.Tensor:
@@ -36,8 +27,7 @@ def scorecam(inputs: CamInput, batch_size: int = 32) -> torch.Tensor:
             c = inputs.target[b]
             for start in range(0, maps.shape[1], batch_size):
                 chunk = maps[b, start:start + batch_size]
-                masks = _min_max(F.interpolate(chunk[:, None], size=size, mode="bilinear",
-                                               align_corners=False))
+                masks = upsample_and_normalise(chunk[:, None], size)
                 scores = net(x[b:b + 1] * masks).softmax(1)[:, c]
                 alpha[b, start:start + chunk.shape[0]] = scores - baseline[c]
     return alpha
