@@ -1,0 +1,49 @@
+"""The one record type every dataset reader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Box:
+    """An object's bounding box in pixel coordinates of the original image, ``x1``/``y1`` exclusive."""
+
+    label: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image with its class labels (several for multi-label datasets) and object boxes.
+
+    The pixels are read from ``path`` on demand, or held in ``pixels`` for generated images.
+    """
+
+    name: str
+    labels: tuple[int, ...]
+    boxes: tuple[Box, ...] = ()
+    path: Path | None = None
+    pixels: Image.Image | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if (self.path is None) == (self.pixels is None):
+            raise ValueError(f"record {self.name!r} needs exactly one of path and pixels")
+
+    @property
+    def label(self) -> int:
+        """The first (for single-label datasets: the) class label."""
+        return self.labels[0]
+
+    def image(self) -> Image.Image:
+        """The image as RGB."""
+        if self.pixels is not None:
+            return self.pixels.convert("RGB")
+        with Image.open(self.path) as image:
+            return image.convert("RGB")
