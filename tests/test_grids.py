@@ -1,0 +1,36 @@
+"""Grid mosaics: distinct confident classes, exact quadrant boxes, seeded."""
+
+import pytest
+
+from liftcam_utils.datasets.embedded import foolbox_imagenet
+from liftcam_utils.datasets.grids import confident_records, make_grids
+
+
+@pytest.fixture(scope="module")
+def confident(lite0):
+    return confident_records(lite0, foolbox_imagenet(), min_confidence=0.5)
+
+
+def test_only_correct_confident_photos_are_kept(confident, lite0):
+    assert 8 <= len(confident) <= 17  # 17/20 are correct; some of those are not confident
+    names = {r.name for r in confident}
+    assert "imagenet_06_609" not in names  # misclassified as 436
+
+
+def test_grids_have_four_distinct_classes_in_exact_quadrants(confident):
+    grids = make_grids(confident, n_grids=5, seed=1, cell=112)
+    for grid in grids:
+        assert grid.image().size == (224, 224)
+        assert len(set(grid.labels)) == 4
+        assert [(b.x0, b.y0, b.x1, b.y1) for b in grid.boxes] == [
+            (0, 0, 112, 112), (112, 0, 224, 112), (0, 112, 112, 224), (112, 112, 224, 224)]
+        assert [b.label for b in grid.boxes] == list(grid.labels)
+    again = make_grids(confident, n_grids=5, seed=1, cell=112)
+    assert [g.labels for g in grids] == [g.labels for g in again]
+    assert list(grids[0].image().getdata()) == list(again[0].image().getdata())
+    assert [g.labels for g in make_grids(confident, 5, seed=2)] != [g.labels for g in grids]
+
+
+def test_too_few_classes_is_an_error(confident):
+    with pytest.raises(ValueError, match="4 distinct classes, got 3"):
+        make_grids([r for r in confident if r.label in {r.label for r in confident[:3]}], 1)
