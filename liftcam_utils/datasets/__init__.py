@@ -1,6 +1,23 @@
 """Datasets as lists of :class:`ImageRecord`: embedded real photos, generated scenes, and readers
 for the paper's ImageNet, PASCAL VOC 2007 and COCO 2014 data."""
 
+from .paper_data import (
+    COCO_CATEGORY_IDS,
+    COCO_CLASSES,
+    VOC_CLASSES,
+    read_coco2014_val,
+    read_imagenet_val,
+    read_voc2007_test,
+)
 from .records import Box, ImageRecord
 
-__all__ = ["Box", "ImageRecord"]
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "COCO_CLASSES",
+    "VOC_CLASSES",
+    "Box",
+    "ImageRecord",
+    "read_coco2014_val",
+    "read_imagenet_val",
+    "read_voc2007_test",
+]
