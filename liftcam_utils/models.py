@@ -37,13 +37,15 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
 @dataclass
 class LoadedModel:
     """A classifier ready for CAM: ``net`` in eval mode, its default ``layer``, the ``preprocess``
-    transform (PIL image -> normalised (3, H, W) tensor) and the class names."""
+    transform (PIL image -> normalised (3, H, W) tensor), the class names, and the ``weights``
+    it was loaded with (so that ``load_model(name, weights)`` rebuilds it elsewhere)."""
 
     name: str
     net: nn.Module
     layer: str
     preprocess: Callable
     categories: list[str]
+    weights: str | None = "default"
 
     @property
     def device(self) -> torch.device:
@@ -162,4 +164,5 @@ def load_model(name: str, weights: str | os.PathLike | None = "default",
     build, layer, preprocess = _MODELS[name]
     net = build(weights).to(default_device(device)).eval()
     return LoadedModel(name=name, net=net, layer=layer, preprocess=preprocess,
-                       categories=list(_IMAGENET_CATEGORIES))
+                       categories=list(_IMAGENET_CATEGORIES),
+                       weights=None if weights is None else str(weights))

@@ -3,7 +3,7 @@ method options) to ``alpha`` of shape (B, N); the map itself is built once, in `
 
 from .gradient import gradcam, gradcam_plus_plus, xgradcam
 from .lime import limecam
-from .perturbation import ablationcam, scorecam
+from .perturbation import ablationcam, random_coefficients, scorecam
 from .propagation_rules import liftcam, lrpcam
 from .shapley import exact_shap, kernelshapcam, shapcam
 
@@ -19,6 +19,7 @@ METHODS = {
     "lrpcam": lrpcam,
     "limecam": limecam,
     "kernelshapcam": kernelshapcam,
+    "random": random_coefficients,
 }
 
 __all__ = ["METHODS"]

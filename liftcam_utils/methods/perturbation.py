@@ -56,3 +56,11 @@ def ablationcam(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
             )
         alpha[b] = (score - coalition_values(inputs, b, without_one, batch_size)) / score
     return alpha
+
+
+def random_coefficients(inputs: CamInput, seed: int = 0) -> torch.Tensor:
+    """A sanity floor, not a method: ``alpha_k ~ N(0, 1)`` drawn from ``seed``, ignoring the model
+    and the target. Every image gets the same draw, so an image's map never depends on its batch."""
+    generator = torch.Generator().manual_seed(seed)
+    alpha = torch.randn(inputs.num_maps, generator=generator, dtype=torch.float64)
+    return alpha.expand(inputs.maps.shape[0], -1).to(device=inputs.maps.device, dtype=inputs.maps.dtype)

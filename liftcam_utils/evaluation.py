@@ -1,0 +1,293 @@
+"""Batch evaluation: every method on every image, with every metric, into one tidy table.
+
+``evaluate`` splits the image selection into shards. For each shard the body runs once and its
+maps ``A`` are shared by all methods; each (shard, method) result is cached on disk under a key
+of everything that determines it (model, weights, layer, images, method, options, metrics,
+baseline, code version), written atomically, so a rerun reads it and an interrupted run resumes.
+Shards run in this process by default, or on a Dask cluster (``dask_scheduler="local"`` starts
+one on this machine; an address such as ``"tcp://10.0.0.5:8786"`` uses an existing one), where
+each worker loads the model once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import metrics as M
+from .cam import cam_map, prepare
+from .datasets.records import ImageRecord
+from .methods import METHODS
+from .models import LoadedModel, load_model
+from .split import eval_mode
+
+METRICS = ("faithfulness", "insertion_deletion", "pointing", "cosine")
+# summary column -> how the rows are averaged
+SUMMARY_COLUMNS = ("IC", "AD", "ADD", "insertion_auc", "deletion_auc", "pointing", "cosine", "seconds")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A row label, the registered method and its options (e.g. SHAP-CAM with P orderings)."""
+
+    label: str
+    method: str
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.options)
+
+
+def method_specs(methods: Sequence[str] | Mapping[str, tuple[str, dict]]) -> list[MethodSpec]:
+    """``["gradcam", "liftcam"]`` or ``{"SHAP-CAM_10": ("shapcam", {"n_permutations": 10})}``."""
+    if isinstance(methods, Mapping):
+        specs = [MethodSpec(label, name, tuple(sorted(options.items())))
+                 for label, (name, options) in methods.items()]
+    else:
+        specs = [MethodSpec(name, name) for name in methods]
+    for spec in specs:
+        if spec.method not in METHODS:
+            raise ValueError(f"unknown method {spec.method!r}; valid methods: {', '.join(METHODS)}")
+    return specs
+
+
+def select(dataset: Sequence[ImageRecord], n_images: int | None, seed: int) -> list[ImageRecord]:
+    """``n_images`` records drawn with ``seed`` (all when None), in dataset order."""
+    if n_images is None:
+        return list(dataset)
+    if not 0 < n_images <= len(dataset):
+        raise ValueError(f"n_images must be in 1 .. {len(dataset)} (the dataset's size), got {n_images}")
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
+    return [dataset[i] for i in sorted(chosen.tolist())]
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the package's source: results computed by other code never count as cached."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        frame.to_pickle(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _box_mask_after_preprocess(record: ImageRecord, preprocess, label: int, size) -> torch.Tensor:
+    """The target's boxes as a mask in the coordinates of the preprocessed image: the mask is
+    drawn at the original size and sent through the same resize and crop steps."""
+    image = record.image()
+    boxes = [b for b in record.boxes if b.label == label]
+    mask = Image.fromarray((M.box_mask(boxes, image.height, image.width).numpy() * 255).astype("uint8"))
+    for step in getattr(preprocess, "transforms", []):
+        if type(step).__name__ in ("ToTensor", "PILToTensor", "Normalize"):
+            break
+        mask = step(mask)
+    mask = torch.tensor(np.array(mask), dtype=torch.float32)
+    if tuple(mask.shape) != tuple(size):
+        raise ValueError(f"box mask of {record.name!r} has size {tuple(mask.shape)}, the image {tuple(size)}")
+    return (mask > 127).to(torch.float32)
+
+
+def _shard_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord], specs: list[MethodSpec],
+                metrics: tuple[str, ...], absent: str, reference: MethodSpec | None) -> dict[MethodSpec, pd.DataFrame]:
+    """Evaluate one shard: the body once, then every method and metric on the shared maps."""
+    split = model.split(layer)
+    x = torch.stack([model.preprocess(r.image()) for r in records])
+    target = torch.tensor([r.label for r in records])
+    size = tuple(x.shape[-2:])
+    baseline = M.baseline_image(model.preprocess, absent)
+    results = {}
+    with eval_mode(model.net):
+        inputs = prepare(split, x, target)
+        x, target = inputs.x, inputs.target
+        baseline = baseline.to(x.device)
+        reference_alpha = METHODS[reference.method](inputs, **reference.kwargs) if reference else None
+        box_masks = (torch.stack([_box_mask_after_preprocess(r, model.preprocess, r.label, size) for r in records])
+                     if "pointing" in metrics else None)
+        for spec in specs:
+            start = time.perf_counter()
+            alpha = METHODS[spec.method](inputs, **spec.kwargs)
+            saliency = cam_map(alpha, inputs.maps, size)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = (time.perf_counter() - start) / len(records)
+            columns = {"image": [r.name for r in records], "target": target.tolist(),
+                       "method": spec.label, "seconds": seconds}
+            if "faithfulness" in metrics:
+                scores = M.confidence_scores(model.net, x, saliency, target, baseline)
+                columns.update({key: value.tolist() for key, value in scores.items()})
+                columns["IC"] = M.increase_in_confidence(scores["Y"], scores["O"]).tolist()
+                columns["AD"] = M.average_drop(scores["Y"], scores["O"]).tolist()
+                columns["ADD"] = M.average_drop_in_deletion(scores["Y"], scores["D"]).tolist()
+            if "insertion_deletion" in metrics:
+                curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline)
+                columns["insertion_auc"] = M.auc(curves["insertion"]).tolist()
+                columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
+            if box_masks is not None:
+                columns["pointing"] = M.energy_pointing_game(saliency, box_masks.to(x.device)).tolist()
+            if reference_alpha is not None:
+                columns["cosine"] = M.cosine_similarity(alpha.double(), reference_alpha.double()).tolist()
+            results[spec] = pd.DataFrame(columns)
+    return results
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(name: str, weights: str, device: str | None) -> LoadedModel:
+    """On a Dask worker: the model, loaded once per worker process."""
+    return load_model(name, weights=weights, device=device)
+
+
+def _remote_shard(name, weights, device, layer, records, specs, metrics, absent, reference):
+    model = _worker_model(name, weights, device)
+    return _shard_rows(model, layer, records, specs, metrics, absent, reference)
+
+
+@dataclass
+class Evaluation:
+    """``rows``: one row per (image, method) with every metric and the seconds per image;
+    ``summary``: per method, the mean of each metric (the paper's tables)."""
+
+    rows: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean of every metric per method, methods in the order they were evaluated."""
+    present = [c for c in SUMMARY_COLUMNS if c in rows.columns]
+    order = list(dict.fromkeys(rows["method"]))
+    return rows.groupby("method", sort=False)[present].mean().loc[order]
+
+
+def paper_table(rows_by_dataset: Mapping[str, pd.DataFrame], metric: str) -> pd.DataFrame:
+    """One metric as methods x datasets, the layout of the paper's tables."""
+    return pd.DataFrame({name: summarize(rows)[metric] for name, rows in rows_by_dataset.items()})
+
+
+def _cache_key(model: LoadedModel, layer: str, spec: MethodSpec, metrics, absent, reference, names) -> str:
+    description = json.dumps({
+        "model": model.name, "weights": model.weights, "layer": layer, "method": spec.method,
+        "options": [list(o) for o in spec.options], "metrics": list(metrics), "absent": absent,
+        "reference": None if reference is None else [reference.method, [list(o) for o in reference.options]],
+        "images": list(names), "code": code_version(),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(description.encode()).hexdigest()[:24]
+
+
+def _shards(records: list[ImageRecord], shard_size: int) -> Iterable[list[ImageRecord]]:
+    for start in range(0, len(records), shard_size):
+        yield records[start:start + shard_size]
+
+
+def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
+             methods: Sequence[str] | Mapping[str, tuple[str, dict]],
+             metrics: Sequence[str] = ("faithfulness",), n_images: int | None = None, seed: int = 0,
+             layer: str | None = None, absent: str = "mean",
+             reference: tuple[str, dict] | None = None, shard_size: int = 8,
+             cache_dir: str | os.PathLike | None = None, dask_scheduler: str | None = None,
+             device: str | None = None, progress: bool = True) -> Evaluation:
+    """Evaluate ``methods`` on ``n_images`` records of ``dataset`` drawn with ``seed``.
+
+    ``metrics``: any of ``"faithfulness"`` (IC, AD, ADD; Eqs. 11-13), ``"insertion_deletion"``
+    (AUCs, Table 4), ``"pointing"`` (energy-based pointing game on the target's boxes, Eq. 14) and
+    ``"cosine"`` (cosine similarity to the ``reference`` method's alpha, e.g.
+    ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
+    removed pixel (see :mod:`liftcam_utils.metrics`). The target of each image is its first label.
+    ``device`` applies to Dask workers; in this process the model's own device is used.
+    """
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; valid metrics: {', '.join(METRICS)}")
+    if ("cosine" in metrics) != (reference is not None):
+        raise ValueError("the 'cosine' metric needs a reference method, e.g. reference=('shapcam', "
+                         "{'n_permutations': 10000}), and a reference is only used by 'cosine'")
+    if absent not in M.ABSENT_CHOICES:
+        raise ValueError(f"absent must be one of {M.ABSENT_CHOICES}, got {absent!r}")
+    specs = method_specs(methods)
+    reference_spec = method_specs({"reference": reference})[0] if reference else None
+    records = select(dataset, n_images, seed)
+    layer = layer or model.layer
+    metrics = tuple(m for m in METRICS if m in metrics)
+    cache = Path(cache_dir) if cache_dir is not None else None
+
+    def cache_file(spec, shard):
+        key = _cache_key(model, layer, spec, metrics, absent, reference_spec, [r.name for r in shard])
+        return cache / f"{key}.pkl"
+
+    done: dict[tuple[int, MethodSpec], pd.DataFrame] = {}
+    todo: list[tuple[int, list[ImageRecord], list[MethodSpec]]] = []
+    for index, shard in enumerate(_shards(records, shard_size)):
+        missing = []
+        for spec in specs:
+            if cache is not None and cache_file(spec, shard).is_file():
+                done[index, spec] = pd.read_pickle(cache_file(spec, shard))
+            else:
+                missing.append(spec)
+        if missing:
+            todo.append((index, shard, missing))
+
+    def store(index, shard, results):
+        for spec, frame in results.items():
+            if cache is not None:
+                _write_atomically(frame, cache_file(spec, shard))
+            done[index, spec] = frame
+
+    bar = tqdm(total=sum(len(s) for _, s, _ in todo), desc="images", unit="img", disable=not progress)
+    if dask_scheduler is None:
+        for index, shard, missing in todo:
+            store(index, shard, _shard_rows(model, layer, shard, missing, metrics, absent, reference_spec))
+            bar.update(len(shard))
+    else:
+        _run_on_dask(dask_scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar)
+    bar.close()
+    n_shards = -(-len(records) // shard_size)
+    rows = pd.concat([done[i, spec] for spec in specs for i in range(n_shards)], ignore_index=True)
+    return Evaluation(rows=rows, summary=summarize(rows))
+
+
+def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if model.weights is None:
+        raise ValueError("a randomly initialised model (weights=None) cannot be rebuilt identically on Dask "
+                         "workers; save its state dict and load the model with weights=<that file>")
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) \
+        if scheduler == "local" else None
+    client = Client(cluster if cluster is not None else scheduler)
+    try:
+        futures = {}
+        for index, shard, missing in todo:
+            future = client.submit(_remote_shard, model.name, model.weights, device, layer, shard, missing,
+                                   metrics, absent, reference_spec, pure=False)
+            futures[future] = (index, shard)
+        for future in as_completed(futures):
+            index, shard = futures[future]
+            store(index, shard, future.result())
+            bar.update(len(shard))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,152 @@
+"""The batch runner: tidy rows, summaries, on-disk cache with resume, and Dask scale-out."""
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+import liftcam_utils as lu
+from liftcam_utils import evaluation as E
+from liftcam_utils.datasets import Box, ImageRecord
+from liftcam_utils.datasets.embedded import foolbox_imagenet
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    preprocess = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.ToTensor(),
+                                     transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    return lu.LoadedModel(name="tiny", net=_Tiny().eval(), layer="features.1", preprocess=preprocess,
+                          categories=["a", "b", "c"], weights=None)
+
+
+@pytest.fixture
+def records():
+    generator = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(5):
+        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        out.append(ImageRecord(name=f"img{i}", labels=(i % 3,), boxes=(Box(i % 3, 0, 0, 8, 16),),
+                               pixels=Image.fromarray(pixels)))
+    return out
+
+
+ALL = ("faithfulness", "insertion_deletion", "pointing", "cosine")
+
+
+def test_rows_and_summary(tiny_model, records):
+    result = E.evaluate(tiny_model, records, ["gradcam", "liftcam"], metrics=ALL, reference=("exact_shap", {}),
+                        shard_size=2, progress=False)
+    rows = result.rows
+    assert len(rows) == 10 and list(rows["method"][:2]) == ["gradcam", "gradcam"]
+    assert set(rows["image"]) == {f"img{i}" for i in range(5)}
+    assert rows["target"].tolist()[:5] == [0, 1, 2, 0, 1]
+    for column in ("IC", "AD", "ADD", "insertion_auc", "deletion_auc", "pointing", "cosine", "seconds"):
+        assert rows[column].notna().all(), column
+    # LIFT-CAM is exactly the Shapley value on this affine head
+    assert rows.loc[rows["method"] == "liftcam", "cosine"].min() == pytest.approx(1.0, abs=1e-6)
+    expected = rows.groupby("method")["AD"].mean()
+    assert result.summary.loc["liftcam", "AD"] == pytest.approx(expected["liftcam"])
+    assert list(result.summary.index) == ["gradcam", "liftcam"]
+    table = E.paper_table({"set A": rows, "set B": rows}, "AD")
+    assert list(table.columns) == ["set A", "set B"] and table.shape == (2, 2)
+
+
+def test_rows_do_not_depend_on_shard_size(tiny_model, records):
+    one = E.evaluate(tiny_model, records, ["liftcam", "scorecam"], shard_size=1, progress=False).rows
+    many = E.evaluate(tiny_model, records, ["liftcam", "scorecam"], shard_size=5, progress=False).rows
+    columns = ["Y", "O", "D", "IC", "AD", "ADD"]
+    for method in ("liftcam", "scorecam"):
+        a = one[one["method"] == method][columns].reset_index(drop=True)
+        b = many[many["method"] == method][columns].reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cache_is_read_and_an_interrupted_run_resumes(tiny_model, records, tmp_path, monkeypatch):
+    calls = []
+    real = E._shard_rows
+
+    def counting(model, layer, shard, specs, *rest):
+        calls.append(([r.name for r in shard], [s.label for s in specs]))
+        if len(calls) == 2 and crash:
+            raise RuntimeError("power cut")
+        return real(model, layer, shard, specs, *rest)
+
+    monkeypatch.setattr(E, "_shard_rows", counting)
+    crash = True
+    with pytest.raises(RuntimeError, match="power cut"):
+        E.evaluate(tiny_model, records, ["gradcam"], shard_size=2, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.pkl"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    crash, calls[:] = False, []
+    first = E.evaluate(tiny_model, records, ["gradcam"], shard_size=2, cache_dir=tmp_path, progress=False)
+    assert [names for names, _ in calls] == [["img2", "img3"], ["img4"]]  # resumed after shard 1
+    calls.clear()
+    again = E.evaluate(tiny_model, records, ["gradcam", "liftcam"], shard_size=2, cache_dir=tmp_path,
+                       progress=False)
+    assert all(specs == ["liftcam"] for _, specs in calls)  # gradcam read from the cache
+    pd.testing.assert_frame_equal(again.rows[again.rows["method"] == "gradcam"].reset_index(drop=True), first.rows)
+    calls.clear()
+    E.evaluate(tiny_model, records, ["gradcam"], shard_size=2, cache_dir=tmp_path, absent="black", progress=False)
+    assert len(calls) == 3  # another baseline is another key
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    frame = pd.DataFrame({"a": [1]})
+    monkeypatch.setattr(pd.DataFrame, "to_pickle", lambda self, path: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        E._write_atomically(frame, tmp_path / "x.pkl")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_box_mask_follows_resize_and_crop():
+    """A 40 x 20 image, Resize(10) -> 20 x 10, CenterCrop(10) keeps columns 5..14 of the resized image."""
+    record = ImageRecord(name="r", labels=(1,), boxes=(Box(1, 0, 0, 20, 20), Box(2, 20, 0, 40, 20)),
+                         pixels=Image.new("RGB", (40, 20)))
+    preprocess = transforms.Compose([transforms.Resize(10), transforms.CenterCrop(10), transforms.ToTensor()])
+    mask = E._box_mask_after_preprocess(record, preprocess, 1, (10, 10))
+    # label 1's box covers the left half: resized columns 0..9, i.e. cropped columns 0..4
+    assert mask[:, :5].min() == 1 and mask[:, 5:].max() == 0
+
+
+def test_bad_arguments_name_what_is_valid(tiny_model, records):
+    with pytest.raises(ValueError, match="unknown metrics.*valid metrics: faithfulness"):
+        E.evaluate(tiny_model, records, ["gradcam"], metrics=["speed"])
+    with pytest.raises(ValueError, match="needs a reference method"):
+        E.evaluate(tiny_model, records, ["gradcam"], metrics=["cosine"])
+    with pytest.raises(ValueError, match="unknown method 'gradcamm'"):
+        E.evaluate(tiny_model, records, ["gradcamm"])
+    with pytest.raises(ValueError, match=r"n_images must be in 1 \.\. 5"):
+        E.evaluate(tiny_model, records, ["gradcam"], n_images=6)
+    with pytest.raises(ValueError, match="cannot be rebuilt identically on Dask"):
+        E.evaluate(tiny_model, records, ["gradcam"], dask_scheduler="local", progress=False)
+
+
+def test_seeded_selection():
+    items = list(range(20))
+    assert E.select(items, 5, seed=3) == E.select(items, 5, seed=3)
+    assert E.select(items, 5, seed=3) != E.select(items, 5, seed=4)
+    assert E.select(items, None, seed=0) == items
+
+
+def test_dask_local_cluster_gives_the_in_process_numbers(lite0):
+    photos = foolbox_imagenet()[:3]
+    local = E.evaluate(lite0, photos, ["gradcam", "liftcam"], shard_size=2, progress=False).rows
+    remote = E.evaluate(lite0, photos, ["gradcam", "liftcam"], shard_size=2, dask_scheduler="local",
+                        device="cpu", progress=False).rows
+    columns = ["image", "method", "target", "Y", "O", "D", "IC"]
+    pd.testing.assert_frame_equal(local[columns], remote[columns], atol=1e-5, rtol=1e-4)
+    # percentages divide by Y: float noise of another process's thread count, amplified, stays < 1e-3 points
+    pd.testing.assert_frame_equal(local[["AD", "ADD"]], remote[["AD", "ADD"]], atol=1e-3, rtol=0)
