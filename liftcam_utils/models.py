@@ -6,6 +6,9 @@
 * ``"vgg16"``: torchvision's VGG16, default layer ``"features.29"`` (the last conv layer's ReLU,
   512 x 14 x 14, before the last max-pool), as in the paper.
 * ``"resnet50"``: torchvision's ResNet50, default layer ``"layer4"`` (2048 x 7 x 7).
+* ``"shapes_vgg"``: our VGG-style classifier of the synthetic scenes (6 classes, multi-label), with
+  VGG16's head structure (max-pool, FC-ReLU-FC-ReLU-FC); weights in ``data/shapes_vgg.pt``, made by
+  ``python -m liftcam_utils.shapes_vgg --out data/shapes_vgg.pt``. Default layer ``"features.14"``.
 
 ``weights`` is ``"default"`` (the published ImageNet weights), a path to a state dict, or ``None``
 (random initialisation, for tests and timing). Every file is read with ``weights_only=True``.
@@ -140,14 +143,29 @@ def _efficientnet_lite0_net(weights) -> nn.Module:
     return net
 
 
-# name -> (network builder, default CAM layer, preprocessing)
+def _shapes_vgg_entry():
+    from .datasets.synthetic_scenes import SCENE_CLASS_NAMES
+    from .shapes_vgg import DEFAULT_WEIGHTS, SHAPES_VGG_LAYER, ShapesVGG, shapes_preprocess
+
+    def build(weights):
+        net = ShapesVGG(len(SCENE_CLASS_NAMES))
+        if weights is not None:
+            load_state_dict_file(net, DEFAULT_WEIGHTS if weights == "default" else weights)
+        return net
+
+    return build, SHAPES_VGG_LAYER, shapes_preprocess, list(SCENE_CLASS_NAMES)
+
+
+_IMAGENET_PREPROCESS = _imagenet_preprocess(_TORCHVISION_MEAN, _TORCHVISION_STD)
+# name -> () -> (network builder taking `weights`, default CAM layer, preprocessing, class names)
 _MODELS = {
-    "efficientnet_lite0": (_efficientnet_lite0_net, "_swish@1",
-                           _imagenet_preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))),
-    "vgg16": (lambda w: _torchvision_net("vgg16", w), "features.29",
-              _imagenet_preprocess(_TORCHVISION_MEAN, _TORCHVISION_STD)),
-    "resnet50": (lambda w: _torchvision_net("resnet50", w), "layer4",
-                 _imagenet_preprocess(_TORCHVISION_MEAN, _TORCHVISION_STD)),
+    "efficientnet_lite0": lambda: (_efficientnet_lite0_net, "_swish@1",
+                                   _imagenet_preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), list(_IMAGENET_CATEGORIES)),
+    "vgg16": lambda: (lambda w: _torchvision_net("vgg16", w), "features.29", _IMAGENET_PREPROCESS,
+                      list(_IMAGENET_CATEGORIES)),
+    "resnet50": lambda: (lambda w: _torchvision_net("resnet50", w), "layer4", _IMAGENET_PREPROCESS,
+                         list(_IMAGENET_CATEGORIES)),
+    "shapes_vgg": _shapes_vgg_entry,
 }
 MODEL_NAMES = tuple(_MODELS)
 
@@ -161,8 +179,7 @@ def load_model(name: str, weights: str | os.PathLike | None = "default",
         raise FileNotFoundError(
             f"weights {weights!r} is neither 'default', None, nor an existing checkpoint file"
         )
-    build, layer, preprocess = _MODELS[name]
+    build, layer, preprocess, categories = _MODELS[name]()
     net = build(weights).to(default_device(device)).eval()
-    return LoadedModel(name=name, net=net, layer=layer, preprocess=preprocess,
-                       categories=list(_IMAGENET_CATEGORIES),
+    return LoadedModel(name=name, net=net, layer=layer, preprocess=preprocess, categories=categories,
                        weights=None if weights is None else str(weights))

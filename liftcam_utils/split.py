@@ -91,16 +91,17 @@ def _depends_on(node: fx.Node, sources: set[fx.Node]) -> bool:
     return False
 
 
-def _is_batch_size_of(node: fx.Node, source: fx.Node) -> bool:
-    """``source.size(0)`` / ``source.shape[0]``: the batch size, equal for ``x`` and ``A``."""
+def _is_batch_size_query(node: fx.Node, sources: set[fx.Node]) -> bool:
+    """``t.size(0)`` / ``t.shape[0]`` of some ``t`` in ``sources``: before the cut that is the batch
+    size, which ``A`` has too."""
     if node.op == "call_method" and node.target == "size":
-        return node.args[0] is source and (node.args[1:] == (0,) or node.kwargs.get("dim") == 0)
+        return node.args[0] in sources and (node.args[1:] == (0,) or node.kwargs.get("dim") == 0)
     if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
         shape = node.args[0]
         return isinstance(shape, fx.Node) and (
-            (shape.op == "call_function" and shape.target is getattr and shape.args == (source, "shape"))
-            or (shape.op == "call_method" and shape.target == "size" and shape.args == (source,))
-        )
+            (shape.op == "call_function" and shape.target is getattr and shape.args[1] == "shape")
+            or (shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1)
+        ) and shape.args[0] in sources
     return False
 
 
@@ -115,9 +116,10 @@ class CamSplit:
     """A network cut at one layer: ``body(x) -> A`` and ``head(A) -> logits`` (the paper's F).
 
     ``head(body(x))`` equals ``net(x)``. Both parts share the network's parameters (no copies).
+    ``require_maps=False`` allows cuts at any layer (e.g. a linear one), for cutting heads further.
     """
 
-    def __init__(self, net: nn.Module, layer: str):
+    def __init__(self, net: nn.Module, layer: str, *, require_maps: bool = True):
         if not isinstance(net, nn.Module):
             raise TypeError(f"split_model expects a torch.nn.Module, got {type(net).__name__}")
         self.net = net
@@ -126,7 +128,8 @@ class CamSplit:
         self._outputs = _layer_outputs(graph)
         self.layer = self._resolve(layer)
         cut = self._outputs[self.layer]
-        self._check_maps_layer(cut)
+        if require_maps:
+            self._check_maps_layer(cut)
         self.body = _graph_module(net, self._body_graph(graph, cut), "CamBody")
         self.head = _graph_module(net, self._head_graph(graph, cut), "CamHead")
 
@@ -189,10 +192,6 @@ class CamSplit:
             if node in env:
                 return env[node]
             if node in before_cut:
-                source = next((i for i in inputs if _is_batch_size_of(node, i)), None)
-                if source is not None or _is_batch_size_of(node, cut):
-                    env[node] = head.call_method("size", (maps, 0))
-                    return env[node]
                 if not _depends_on(node, set(inputs)):  # a constant (e.g. a buffer read)
                     env[node] = head.node_copy(node, lookup)
                     return env[node]
@@ -204,7 +203,10 @@ class CamSplit:
             raise AssertionError(f"node {node.name} used before definition")
 
         for node in graph.nodes:
-            if node in before_cut or node.op == "placeholder":
+            if _is_batch_size_query(node, before_cut):
+                env[node] = head.call_method("size", (maps, 0))
+                continue
+            if node in before_cut:
                 continue
             if node.op == "output":
                 head.output(lookup(node.args[0]))

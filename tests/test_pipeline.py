@@ -160,3 +160,9 @@ def test_checkpoint_with_wrong_shape_names_the_key(tmp_path, resnet50):
 def test_lite0_model_card(lite0):
     assert lite0.layer == "_swish@1" and len(lite0.categories) == 1000
     assert lite0.device.type == "cpu" and not lite0.net.training
+
+
+def test_shapes_vgg_model_card():
+    model = lu.load_model("shapes_vgg", device="cpu")
+    assert model.layer == "features.14" and model.categories[0] == "red circle"
+    assert not lu.head_ops.is_affine_head(model.split().head)  # VGG16's non-linear head structure

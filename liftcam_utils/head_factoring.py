@@ -1,0 +1,74 @@
+"""Factor a head as ``F = R o M o P`` to evaluate many channel coalitions cheaply (SPEC sec. 6).
+
+``P`` acts on each channel alone (elementwise non-linearities, batch norm, pooling, depthwise
+convolution, reshapes), ``M`` is the first op that mixes channels and is affine (a convolution
+or a linear layer), ``R`` is the rest. Zeroing channel ``k`` of ``A`` then changes only channel
+``k`` of ``P``'s output, so for any coalition ``S``
+
+    M(P(A * 1_S)) = M(P(0)) + sum_{k in S} D_k,   D_k = M(P(A * e_k)) - M(P(0)),
+
+and ``F^c(h_A(S)) = R(base + sum_{k in S} D_k)[c]``. The ``D_k`` are computed once per image;
+each coalition then costs a sum and one evaluation of ``R`` only. Heads without this structure
+(e.g. a squeeze-and-excitation gate before the first mixing op) are evaluated in full.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from torch import fx, nn
+
+from .head_ops import OpKind, UnsupportedHeadOpError, classify_head
+from .split import CamSplit
+
+_CHANNELWISE_MODULES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.ZeroPad2d, nn.Flatten,
+)
+_MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_CHANNELWISE_CALLS = {"flatten", "view", "reshape", "contiguous", "adaptive_avg_pool2d", "avg_pool2d", "dropout"}
+
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1
+
+
+def _first_mixing_module(head: fx.GraphModule) -> str | None:
+    """The module name of ``M``, or None when ``P`` is not a chain of channelwise ops."""
+    try:
+        kinds = classify_head(head)
+    except UnsupportedHeadOpError:
+        return None
+    for node, kind in kinds.items():
+        if kind is OpKind.METADATA:
+            continue
+        variable_users = [u for u in node.users if kinds.get(u, OpKind.METADATA) is not OpKind.METADATA]
+        if node.op == "call_module":
+            module = head.get_submodule(node.target)
+            if isinstance(module, _MIXING_MODULES) and not _is_depthwise(module):
+                return node.target
+            channelwise = isinstance(module, _CHANNELWISE_MODULES) or _is_depthwise(module) or kind in (
+                OpKind.ELEMENTWISE, OpKind.MAX_POOL)
+        else:
+            name = getattr(node.target, "__name__", node.target)
+            channelwise = kind in (OpKind.ELEMENTWISE, OpKind.MAX_POOL) or name in _CHANNELWISE_CALLS
+        if not channelwise or len(variable_users) != 1:
+            return None
+    return None
+
+
+def factor_head(head: fx.GraphModule) -> CamSplit | None:
+    """``head`` cut just after ``M``: ``.body`` is ``M o P`` and ``.head`` is ``R``; None when the
+    head does not factor. Cached per head."""
+    if head not in _cache:
+        name = _first_mixing_module(head)
+        factored = None
+        if name is not None:
+            try:
+                factored = CamSplit(head, name, require_maps=False)
+            except ValueError:  # e.g. M is called twice, or R reads values from before M
+                factored = None
+        _cache[head] = factored
+    return _cache[head]
