@@ -2,7 +2,12 @@
 
 A coalition ``a'`` in {0, 1}^N keeps the maps ``A_k`` with ``a'_k = 1`` and sets the others to 0
 (``h_A``, Sec. 3.3); its value is the head's target logit ``v(a') = F^c(h_A(a'))``. SHAP-CAM,
-exact Shapley values, Ablation-CAM, KernelSHAP-CAM and LIME-CAM all query this one function.
+exact Shapley values, Ablation-CAM, KernelSHAP-CAM and LIME-CAM all query this one game.
+
+Only the head is evaluated, never the body. Where the head factors as ``R o M o P``
+(:mod:`liftcam_utils.head_factoring`), each channel's contribution ``D_k`` to the first mixing
+op's output is computed once per image, and a coalition costs a sum of ``D_k`` plus one
+evaluation of ``R``; along an ordering, the prefixes are running sums.
 """
 
 from __future__ import annotations
@@ -10,31 +15,73 @@ from __future__ import annotations
 import torch
 
 from .cam import CamInput
-
-
-def coalition_values(inputs: CamInput, index: int, coalitions: torch.Tensor,
-                     batch_size: int = 256) -> torch.Tensor:
-    """``F^c(h_A(a'))`` for image ``index`` and every row ``a'`` of ``coalitions`` (M, N).
-
-    Evaluates only the head, ``batch_size`` coalitions at a time. Returns (M,) on the maps' device.
-    """
-    check_positive_int("batch_size", batch_size)
-    maps = inputs.maps[index]
-    if coalitions.dim() != 2 or coalitions.shape[1] != maps.shape[0]:
-        raise ValueError(
-            f"coalitions must have shape (M, {maps.shape[0]}), got {tuple(coalitions.shape)}"
-        )
-    target = inputs.target[index]
-    values = torch.empty(coalitions.shape[0], device=maps.device, dtype=maps.dtype)
-    with torch.no_grad():
-        for start in range(0, coalitions.shape[0], batch_size):
-            chunk = coalitions[start:start + batch_size].to(device=maps.device, dtype=maps.dtype)
-            logits = inputs.split.head(maps[None] * chunk[:, :, None, None])
-            values[start:start + chunk.shape[0]] = logits[:, target]
-    return values
+from .head_factoring import factor_head
 
 
 def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+class ChannelGame:
+    """``v(a') = F^c(h_A(a'))`` for image ``index`` of ``inputs``; ``batch_size`` head inputs at a time."""
+
+    def __init__(self, inputs: CamInput, index: int, batch_size: int = 256):
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.maps = inputs.maps[index]
+        self.target = int(inputs.target[index])
+        self.n = self.maps.shape[0]
+        self._head = inputs.split.head
+        self._factored = factor_head(self._head)
+        if self._factored is not None:
+            self._precompute_contributions()
+
+    @torch.no_grad()
+    def _precompute_contributions(self) -> None:
+        """``base = M(P(0))``, ``full = M(P(A))`` and ``D_k = M(P(A e_k)) - base`` (N rows)."""
+        mix = self._factored.body
+        self._base = mix(torch.zeros_like(self.maps)[None])[0]
+        self._full = mix(self.maps[None])[0]
+        rows = []
+        eye = torch.eye(self.n, device=self.maps.device, dtype=self.maps.dtype)
+        for start in range(0, self.n, self.batch_size):
+            single = self.maps[None] * eye[start:start + self.batch_size, :, None, None]
+            rows.append((mix(single) - self._base).flatten(1))
+        self._contributions = torch.cat(rows)  # (N, size of M's output)
+
+    @torch.no_grad()
+    def _rest(self, mixed: torch.Tensor) -> torch.Tensor:
+        shape = self._base.shape
+        return torch.cat([self._factored.head(chunk.view(-1, *shape))[:, self.target]
+                          for chunk in mixed.split(self.batch_size)])
+
+    @torch.no_grad()
+    def values(self, coalitions: torch.Tensor) -> torch.Tensor:
+        """``v`` of every row of ``coalitions`` (M, N), as (M,) on the maps' device."""
+        if coalitions.dim() != 2 or coalitions.shape[1] != self.n:
+            raise ValueError(f"coalitions must have shape (M, {self.n}), got {tuple(coalitions.shape)}")
+        coalitions = coalitions.to(device=self.maps.device, dtype=self.maps.dtype)
+        if self._factored is None:
+            return torch.cat([self._head(self.maps[None] * chunk[:, :, None, None])[:, self.target]
+                              for chunk in coalitions.split(self.batch_size)])
+        # Sum the fewer terms: from M(P(0)) up for sparse coalitions, from M(P(A)) down for dense ones.
+        sparse = coalitions.sum(1, keepdim=True) <= self.n / 2
+        up = self._base.flatten() + coalitions @ self._contributions
+        down = self._full.flatten() - (1 - coalitions) @ self._contributions
+        return self._rest(torch.where(sparse, up, down))
+
+    @torch.no_grad()
+    def ordering_values(self, ordering: torch.Tensor) -> torch.Tensor:
+        """``v`` of the N - 1 proper, non-empty prefixes of ``ordering``, as (N - 1,)."""
+        if self._factored is None:
+            rank = torch.empty_like(ordering)
+            rank[ordering] = torch.arange(self.n)
+            prefixes = rank[None, :] < torch.arange(1, self.n)[:, None]
+            return self.values(prefixes)
+        steps = self._contributions[ordering.to(self.maps.device)]
+        half = self.n // 2
+        lower = self._base.flatten() + steps[:half].cumsum(0)  # prefixes of 1 .. half players
+        suffix = steps[half + 1:].flip(0).cumsum(0).flip(0)  # players half+2 .. N onwards
+        upper = self._full.flatten() - suffix  # prefixes of half+1 .. N-1 players
+        return self._rest(torch.cat([lower, upper]))

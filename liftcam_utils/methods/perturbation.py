@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..cam import CamInput, upsample_and_normalise
-from ..channel_game import check_positive_int, coalition_values
+from ..channel_game import ChannelGame, check_positive_int
 
 
 def scorecam(inputs: CamInput, batch_size: int | None = None) -> torch.Tensor:
@@ -48,13 +48,14 @@ def ablationcam(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
     without_one = 1 - torch.eye(n, device=inputs.maps.device)
     full = torch.ones(1, n, device=inputs.maps.device)
     for b in range(inputs.maps.shape[0]):
-        score = coalition_values(inputs, b, full)[0]
+        game = ChannelGame(inputs, b, batch_size)
+        score = game.values(full)[0]
         if score == 0:
             raise ValueError(
                 f"Ablation-CAM divides by F^c(A), which is exactly 0 for image {b}; "
                 "its coefficients are undefined there"
             )
-        alpha[b] = (score - coalition_values(inputs, b, without_one, batch_size)) / score
+        alpha[b] = (score - game.values(without_one)) / score
     return alpha
 
 

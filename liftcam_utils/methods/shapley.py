@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..cam import CamInput
-from ..channel_game import check_positive_int, coalition_values
+from ..channel_game import ChannelGame, check_positive_int
 from ..head_ops import is_affine_head
 
 MAX_EXHAUSTIVE_PLAYERS = 16
@@ -27,14 +27,6 @@ def random_orderings(n_players: int, n_orderings: int, seed: int) -> torch.Tenso
     """
     generator = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(n_players, generator=generator) for _ in range(n_orderings)])
-
-
-def prefix_coalitions(ordering: torch.Tensor) -> torch.Tensor:
-    """The N - 1 proper, non-empty prefixes of one ordering as coalitions, shape (N - 1, N)."""
-    n = ordering.shape[0]
-    rank = torch.empty_like(ordering)
-    rank[ordering] = torch.arange(n)
-    return rank[None, :] < torch.arange(1, n)[:, None]
 
 
 def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0,
@@ -51,9 +43,10 @@ def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0,
     ends = torch.stack([torch.zeros(n), torch.ones(n)])
     alpha = torch.zeros(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
-        empty, full = coalition_values(inputs, b, ends).double().cpu()
+        game = ChannelGame(inputs, b, batch_size)
+        empty, full = game.values(ends).double().cpu()
         for ordering in orderings:
-            inner = coalition_values(inputs, b, prefix_coalitions(ordering), batch_size)
+            inner = game.ordering_values(ordering)
             path = torch.cat([empty[None], inner.double().cpu(), full[None]])
             alpha[b, ordering] += path.diff()
     return (alpha / n_permutations).to(device=inputs.maps.device, dtype=inputs.maps.dtype)
@@ -90,12 +83,12 @@ def exact_shap(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
     if is_affine_head(inputs.split.head):
         singles = torch.cat([torch.zeros(1, n), torch.eye(n)])
         for b in range(inputs.maps.shape[0]):
-            values = coalition_values(inputs, b, singles, batch_size).double()
+            values = ChannelGame(inputs, b, batch_size).values(singles).double()
             alpha[b] = (values[1:] - values[0]).cpu()
     elif n <= MAX_EXHAUSTIVE_PLAYERS:
         coalitions = _all_coalitions(n)
         for b in range(inputs.maps.shape[0]):
-            alpha[b] = exhaustive_shapley(coalition_values(inputs, b, coalitions, batch_size).cpu(), n)
+            alpha[b] = exhaustive_shapley(ChannelGame(inputs, b, batch_size).values(coalitions).cpu(), n)
     else:
         raise ValueError(
             f"exact_shap needs an affine head or at most {MAX_EXHAUSTIVE_PLAYERS} channels; layer "
@@ -150,8 +143,9 @@ def kernelshapcam(inputs: CamInput, n_samples: int = 2048, seed: int = 0,
     ends = torch.stack([torch.zeros(n), torch.ones(n)])
     alpha = torch.empty(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
-        empty, full = coalition_values(inputs, b, ends).double().cpu()
-        values = coalition_values(inputs, b, coalitions, batch_size).double().cpu()
+        game = ChannelGame(inputs, b, batch_size)
+        empty, full = game.values(ends).double().cpu()
+        values = game.values(coalitions).double().cpu()
         # Eliminate the last coefficient with sum(alpha) = full - empty, then solve for the rest.
         target = values - empty - z[:, -1] * (full - empty)
         design = z[:, :-1] - z[:, -1:]
