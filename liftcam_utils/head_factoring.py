@@ -1,8 +1,9 @@
 """Factor a head as ``F = R o M o P`` to evaluate many channel coalitions cheaply (SPEC sec. 6).
 
 ``P`` acts on each channel alone (elementwise non-linearities, batch norm, pooling, depthwise
-convolution, reshapes), ``M`` is the first op that mixes channels and is affine (a convolution
-or a linear layer), ``R`` is the rest. Zeroing channel ``k`` of ``A`` then changes only channel
+convolution, reshapes), ``M`` starts at the first op that mixes channels, which must be affine
+(a convolution or a linear layer), and takes in every affine op after it (batch norm, further
+convolutions) up to the next non-linearity; ``R`` is the rest. Zeroing channel ``k`` of ``A`` then changes only channel
 ``k`` of ``P``'s output, so for any coalition ``S``
 
     M(P(A * 1_S)) = M(P(0)) + sum_{k in S} D_k,   D_k = M(P(A * e_k)) - M(P(0)),
@@ -26,7 +27,7 @@ _CHANNELWISE_MODULES = (
     nn.AdaptiveAvgPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.ZeroPad2d, nn.Flatten,
 )
 _MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_CHANNELWISE_CALLS = {"flatten", "view", "reshape", "contiguous", "adaptive_avg_pool2d", "avg_pool2d", "dropout"}
+_CHANNELWISE_CALLS = {"flatten", "view", "reshape", "contiguous", "clone", "adaptive_avg_pool2d", "avg_pool2d", "dropout"}
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -35,20 +36,31 @@ def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1
 
 
-def _first_mixing_module(head: fx.GraphModule) -> str | None:
-    """The module name of ``M``, or None when ``P`` is not a chain of channelwise ops."""
+def _mixing_end(head: fx.GraphModule) -> str | None:
+    """The module name of ``M``'s last op, or None when ``P`` is not a chain of channelwise ops
+    followed by an affine mixing op."""
     try:
         kinds = classify_head(head)
     except UnsupportedHeadOpError:
         return None
+    mixing_end = None
     for node, kind in kinds.items():
         if kind is OpKind.METADATA:
             continue
         variable_users = [u for u in node.users if kinds.get(u, OpKind.METADATA) is not OpKind.METADATA]
+        if mixing_end is not None:  # extend M over the affine ops that follow it
+            if kind is not OpKind.AFFINE or len(variable_users) != 1:
+                return mixing_end
+            if node.op == "call_module":
+                mixing_end = node.target
+            continue
         if node.op == "call_module":
             module = head.get_submodule(node.target)
             if isinstance(module, _MIXING_MODULES) and not _is_depthwise(module):
-                return node.target
+                mixing_end = node.target
+                if len(variable_users) != 1:
+                    return mixing_end
+                continue
             channelwise = isinstance(module, _CHANNELWISE_MODULES) or _is_depthwise(module) or kind in (
                 OpKind.ELEMENTWISE, OpKind.MAX_POOL)
         else:
@@ -56,14 +68,14 @@ def _first_mixing_module(head: fx.GraphModule) -> str | None:
             channelwise = kind in (OpKind.ELEMENTWISE, OpKind.MAX_POOL) or name in _CHANNELWISE_CALLS
         if not channelwise or len(variable_users) != 1:
             return None
-    return None
+    return mixing_end
 
 
 def factor_head(head: fx.GraphModule) -> CamSplit | None:
     """``head`` cut just after ``M``: ``.body`` is ``M o P`` and ``.head`` is ``R``; None when the
     head does not factor. Cached per head."""
     if head not in _cache:
-        name = _first_mixing_module(head)
+        name = _mixing_end(head)
         factored = None
         if name is not None:
             try:

@@ -66,7 +66,7 @@ _MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adap
                        torch.max_pool2d}
 
 _AFFINE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
-                   "contiguous", "mean", "sum", "__getitem__", "add", "sub", "neg"}
+                   "contiguous", "clone", "mean", "sum", "__getitem__", "add", "sub", "neg"}
 _SCALING_METHODS = {"mul", "div"}
 _ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max"}
 _METADATA_METHODS = {"size", "dim"}

@@ -186,6 +186,9 @@ class CamSplit:
         inputs = [n for n in graph.nodes if n.op == "placeholder"]
         head = fx.Graph()
         maps = head.placeholder("A")
+        after_cut = [n for n in graph.nodes if n not in before_cut]
+        if any(self._is_in_place(n) for n in after_cut):
+            maps = head.call_method("clone", (maps,))  # in-place ops must never write into the caller's A
         env: dict[fx.Node, fx.Node] = {cut: maps}
 
         def lookup(node: fx.Node) -> fx.Node:
@@ -213,6 +216,13 @@ class CamSplit:
                 break
             env[node] = head.node_copy(node, lookup)
         return head
+
+    def _is_in_place(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return bool(getattr(self.net.get_submodule(node.target), "inplace", False))
+        if node.op == "call_method":
+            return node.target.endswith("_") and not node.target.startswith("_")
+        return node.op == "call_function" and bool(node.kwargs.get("inplace", False))
 
     # -- convenience -------------------------------------------------------------------------
     @property

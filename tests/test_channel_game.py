@@ -10,17 +10,18 @@ from liftcam_utils.channel_game import ChannelGame
 from liftcam_utils.head_factoring import factor_head
 
 
-@pytest.mark.parametrize("model_name, layer, mixer", [
+@pytest.mark.parametrize("model_name, layer, mixing_end", [
     ("lite0", None, "_fc"),
-    ("lite0", "_blocks.15._swish@0", "_blocks.15._project_conv"),  # dw-conv, BN, ReLU6 before it
-    ("lite0", "_blocks.15", "_conv_head"),
-    ("vgg16", None, "classifier.0"),  # max-pool, avgpool, flatten before it
+    # dw-conv, BN, ReLU6 before the project conv; M = project, BN, head conv, BN; then ReLU6
+    ("lite0", "_blocks.15._swish@0", "_bn1"),
+    ("lite0", "_blocks.15", "_bn1"),  # M = head conv + BN
+    ("vgg16", None, "classifier.0"),  # max-pool, avgpool, flatten before it; ReLU after it
     ("resnet50", None, "fc"),
 ])
-def test_heads_factor_at_their_first_mixing_layer(request, model_name, layer, mixer):
+def test_heads_factor_after_their_first_mixing_layer(request, model_name, layer, mixing_end):
     split = request.getfixturevalue(model_name).split(layer)
     factored = factor_head(split.head)
-    assert factored is not None and factored.layer == mixer
+    assert factored is not None and factored.layer == mixing_end
 
 
 def test_a_gate_before_the_first_mixing_layer_prevents_factoring():

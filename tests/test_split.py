@@ -84,3 +84,13 @@ def test_flatten_layer_output_is_refused_at_call_time():
     assert lu.coefficients("gradcam", split, torch.randn(1, 3, 8, 8)).shape == (1, 4)
     with pytest.raises(ValueError, match="not a stack of activation maps"):
         lu.split_model(net, "3")
+
+
+def test_in_place_ops_in_the_head_never_write_into_a(vgg16, images):
+    """Cut before VGG16's in-place ReLU: the head must not rectify the caller's A."""
+    split = vgg16.split("features.28")  # the last conv, before ReLU(inplace=True)
+    with torch.no_grad():
+        maps = split.body(images)
+        before = maps.clone()
+        split.head(maps)
+    assert (before < 0).any() and torch.equal(maps, before)
