@@ -40,7 +40,7 @@ class ChannelGame:
     @torch.no_grad()
     def _precompute_contributions(self) -> None:
         """``base = M(P(0))``, ``full = M(P(A))`` and ``D_k = M(P(A e_k)) - base`` (N rows)."""
-        mix = self._factored.body
+        mix = self._factored.mix
         self._base = mix(torch.zeros_like(self.maps)[None])[0]
         self._full = mix(self.maps[None])[0]
         rows = []
@@ -53,7 +53,7 @@ class ChannelGame:
     @torch.no_grad()
     def _rest(self, mixed: torch.Tensor) -> torch.Tensor:
         shape = self._base.shape
-        return torch.cat([self._factored.head(chunk.view(-1, *shape))[:, self.target]
+        return torch.cat([self._factored.target_logits(chunk.view(-1, *shape), self.target)
                           for chunk in mixed.split(self.batch_size)])
 
     @torch.no_grad()

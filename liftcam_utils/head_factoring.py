@@ -16,7 +16,9 @@ each coalition then costs a sum and one evaluation of ``R`` only. Heads without 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
+import torch
 from torch import fx, nn
 
 from .head_ops import OpKind, UnsupportedHeadOpError, classify_head
@@ -27,7 +29,8 @@ _CHANNELWISE_MODULES = (
     nn.AdaptiveAvgPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.ZeroPad2d, nn.Flatten,
 )
 _MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_CHANNELWISE_CALLS = {"flatten", "view", "reshape", "contiguous", "clone", "adaptive_avg_pool2d", "avg_pool2d", "dropout"}
+_CHANNELWISE_CALLS = {"flatten", "view", "reshape", "contiguous", "clone", "adaptive_avg_pool2d", "avg_pool2d",
+                      "dropout"}
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -71,16 +74,48 @@ def _mixing_end(head: fx.GraphModule) -> str | None:
     return mixing_end
 
 
-def factor_head(head: fx.GraphModule) -> CamSplit | None:
-    """``head`` cut just after ``M``: ``.body`` is ``M o P`` and ``.head`` is ``R``; None when the
-    head does not factor. Cached per head."""
+@dataclass(frozen=True)
+class HeadFactors:
+    """``F = R o M o P`` with ``mix = M o P``; when ``R`` ends in a linear layer, ``rest`` stops before
+    it and ``readout`` holds it, so that only the target's row of its weight is ever applied."""
+
+    mix: fx.GraphModule
+    rest: fx.GraphModule
+    readout: nn.Linear | None
+
+    def target_logits(self, mixed: torch.Tensor, target: int) -> torch.Tensor:
+        """``F^c`` for a batch of ``M``'s outputs: (B, ...) -> (B,)."""
+        hidden = self.rest(mixed)
+        if self.readout is None:
+            return hidden[:, target]
+        logit = hidden @ self.readout.weight[target]
+        return logit if self.readout.bias is None else logit + self.readout.bias[target]
+
+
+def _split_off_readout(rest: fx.GraphModule) -> tuple[fx.GraphModule, nn.Linear | None]:
+    output = next(n for n in rest.graph.nodes if n.op == "output").args[0]
+    if output.op != "call_module" or not isinstance(rest.get_submodule(output.target), nn.Linear):
+        return rest, None
+    before = output.args[0]
+    if not isinstance(before, fx.Node) or before.op != "call_module":
+        return rest, None
+    try:
+        hidden = CamSplit(rest, before.target, require_maps=False)
+    except ValueError:
+        return rest, None
+    return hidden.body, rest.get_submodule(output.target)
+
+
+def factor_head(head: fx.GraphModule) -> HeadFactors | None:
+    """The factors of ``head``, or None when it does not factor. Cached per head."""
     if head not in _cache:
         name = _mixing_end(head)
-        factored = None
+        factors = None
         if name is not None:
             try:
-                factored = CamSplit(head, name, require_maps=False)
+                cut = CamSplit(head, name, require_maps=False)
+                factors = HeadFactors(cut.body, *_split_off_readout(cut.head))
             except ValueError:  # e.g. M is called twice, or R reads values from before M
-                factored = None
-        _cache[head] = factored
+                factors = None
+        _cache[head] = factors
     return _cache[head]
