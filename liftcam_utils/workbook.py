@@ -2,7 +2,8 @@
 
     python -m liftcam_utils.workbook [NOTEBOOK_DIR] [OUTPUT_DIR] [-p NAME VALUE ...]
 
-Executed notebooks are written to ``OUTPUT_DIR`` (default ``results/``). ``-p`` overrides a
+Executed notebooks are written to ``OUTPUT_DIR`` (default ``results/``), with the tables and figures
+they save and ``REPORT.md``, which collects them. ``-p`` overrides a
 parameter of every notebook that declares it in its ``parameters`` cell (values are parsed as
 Python literals where possible, e.g. ``-p n_images 1000 -p device cuda``).
 """
@@ -13,6 +14,8 @@ import argparse
 import ast
 import sys
 from pathlib import Path
+
+from .report import build_report
 
 
 def _literal(text: str):
@@ -36,6 +39,7 @@ def run(notebook_dir: Path, output_dir: Path, parameters: dict) -> list[Path]:
         return []
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    parameters = {"output_dir": str(output_dir.resolve()), **parameters}
     for notebook in notebooks:
         declared = papermill.inspect_notebook(str(notebook))
         own = {k: v for k, v in parameters.items() if k in declared}
@@ -44,6 +48,7 @@ def run(notebook_dir: Path, output_dir: Path, parameters: dict) -> list[Path]:
         papermill.execute_notebook(str(notebook), str(target), parameters=own, cwd=str(notebook_dir),
                                    progress_bar=False)
         written.append(target)
+    print(f"report: {build_report(output_dir)}")
     return written
 
 
