@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: workbook test setup clean
+.PHONY: workbook test setup notebooks clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 workbook: $(STAMP)
 	$(BIN)/python -m liftcam_utils.workbook notebooks results
+
+# maintainers: re-execute the committed notebooks in place after library changes
+notebooks: $(STAMP)
+	$(BIN)/python -m liftcam_utils.workbook --in-place
 
 clean:
 	rm -rf $(VENV) results

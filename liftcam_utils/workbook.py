@@ -1,11 +1,15 @@
 """Run the workbook headlessly: every ``notebooks/NN_*.ipynb`` in order, through papermill.
 
     python -m liftcam_utils.workbook [NOTEBOOK_DIR] [OUTPUT_DIR] [-p NAME VALUE ...]
+    python -m liftcam_utils.workbook --in-place [NOTEBOOK ...]
 
 Executed notebooks are written to ``OUTPUT_DIR`` (default ``results/``), with the tables and figures
 they save and ``REPORT.md``, which collects them. ``-p`` overrides a
 parameter of every notebook that declares it in its ``parameters`` cell (values are parsed as
 Python literals where possible, e.g. ``-p n_images 1000 -p device cuda``).
+
+``--in-place`` re-executes committed notebooks (all numbered ones by default) at their default
+parameters, keeping their outputs for readers, without papermill's timing metadata.
 """
 
 from __future__ import annotations
@@ -52,13 +56,34 @@ def run(notebook_dir: Path, output_dir: Path, parameters: dict) -> list[Path]:
     return written
 
 
+def refresh(notebooks: list[Path]) -> None:
+    """Execute each notebook in place at its default parameters; drop machine-specific metadata."""
+    import nbformat
+    import papermill
+
+    for notebook in notebooks:
+        print(f"executing {notebook}", flush=True)
+        papermill.execute_notebook(str(notebook), str(notebook), cwd=str(notebook.parent), progress_bar=False)
+        nb = nbformat.read(notebook, as_version=4)
+        nb.metadata.pop("papermill", None)
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+        nbformat.write(nb, notebook)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--in-place", nargs="*", type=Path, metavar="NOTEBOOK",
+                        help="re-execute these committed notebooks (default: all numbered ones) in place")
     parser.add_argument("notebook_dir", nargs="?", default="notebooks", type=Path)
     parser.add_argument("output_dir", nargs="?", default="results", type=Path)
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"), help="override a notebook parameter")
     args = parser.parse_args(argv)
+    if args.in_place is not None:
+        refresh(args.in_place or notebooks_in(args.notebook_dir))
+        return 0
     if not args.notebook_dir.is_dir():
         parser.error(f"notebook directory {args.notebook_dir} does not exist")
     run(args.notebook_dir, args.output_dir, {k: _literal(v) for k, v in args.parameter})
