@@ -138,6 +138,24 @@ def _xml_text(element: ET.Element, tag: str, path: Path) -> str:
     return child.text.strip()
 
 
+def _xml_objects(path: Path, class_index: dict[str, int], valid: str, layout: str, one_based: bool = False,
+                 include_difficult: bool = True) -> list[Box]:
+    """A box per <object> of a PASCAL-VOC-format XML file. ``one_based``: the file's pixel coordinates start
+    at 1 with inclusive ends (VOC), converted to 0-based with exclusive ends; otherwise taken as written."""
+    boxes = []
+    for obj in _parse_xml(path, layout).findall("object"):
+        name = _xml_text(obj, "name", path)
+        if name not in class_index:
+            raise ValueError(f"annotation file {str(path)!r} names {name!r}, which is not {valid}")
+        difficult = obj.find("difficult")
+        if not include_difficult and difficult is not None and (difficult.text or "").strip() == "1":
+            continue
+        xmin, ymin, xmax, ymax = _xml_box(obj, path)
+        shift = 1 if one_based else 0
+        boxes.append(Box(class_index[name], xmin - shift, ymin - shift, xmax, ymax))
+    return boxes
+
+
 def _xml_box(obj: ET.Element, path: Path) -> tuple[float, float, float, float]:
     """``(xmin, ymin, xmax, ymax)`` of an <object>'s own <bndbox>, as written in the file."""
     bndbox = obj.find("bndbox")
@@ -231,16 +249,7 @@ def read_imagenet_val(
     records = []
     for stem in select_ids(ids, n_images, seed):
         xml_path = box_dir / f"{stem}.xml"
-        annotation = _parse_xml(xml_path, IMAGENET_LAYOUT)
-        boxes = []
-        for obj in annotation.findall("object"):
-            wnid = _xml_text(obj, "name", xml_path)
-            if wnid not in index:
-                raise ValueError(
-                    f"annotation file {str(xml_path)!r} names {wnid!r}, which is not one of the 1000 "
-                    "WordNet ids of the synset mapping"
-                )
-            boxes.append(Box(index[wnid], *_xml_box(obj, xml_path)))
+        boxes = _xml_objects(xml_path, index, "one of the 1000 WordNet ids of the synset mapping", IMAGENET_LAYOUT)
         if not boxes:
             raise ValueError(f"annotation file {str(xml_path)!r} has no <object>; expected at least one")
         path = _image_file(image_dir, stem, _IMAGE_SUFFIXES, IMAGENET_LAYOUT)
@@ -288,19 +297,8 @@ def read_voc2007_test(
     boxes_of = {}
     for image_id in ids:
         xml_path = voc / "Annotations" / f"{image_id}.xml"
-        annotation = _parse_xml(xml_path, VOC_LAYOUT)
-        boxes = []
-        for obj in annotation.findall("object"):
-            name = _xml_text(obj, "name", xml_path)
-            if name not in class_index:
-                raise ValueError(
-                    f"annotation file {str(xml_path)!r} names class {name!r}; valid: {', '.join(VOC_CLASSES)}"
-                )
-            difficult = obj.find("difficult")
-            if not include_difficult and difficult is not None and (difficult.text or "").strip() == "1":
-                continue
-            xmin, ymin, xmax, ymax = _xml_box(obj, xml_path)
-            boxes.append(Box(class_index[name], xmin - 1, ymin - 1, xmax, ymax))
+        boxes = _xml_objects(xml_path, class_index, f"one of {', '.join(VOC_CLASSES)}", VOC_LAYOUT,
+                             one_based=True, include_difficult=include_difficult)
         if boxes:
             boxes_of[image_id] = tuple(boxes)
         elif include_difficult:
