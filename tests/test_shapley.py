@@ -119,3 +119,19 @@ def test_exact_shap_closed_form_on_affine_head(resnet50, images):
         only_k[:, k] = maps[:, k]
         by_hand = split.head(only_k)[0, c] - split.head(torch.zeros_like(maps))[0, c]
     torch.testing.assert_close(alpha[0, k], by_hand[0], rtol=1e-4, atol=1e-5)
+
+
+def test_antithetic_orderings_reach_the_shapley_values_with_fewer_orderings(tiny, x):
+    """Same estimator, less variance: over 20 seeds the mean error with P antithetic orderings is
+    below that of P independent ones; local accuracy holds either way."""
+    exact = lu.coefficients("exact_shap", tiny, x)
+    errors = {False: [], True: []}
+    for seed in range(20):
+        for antithetic in (False, True):
+            alpha = lu.coefficients("shapcam", tiny, x, n_permutations=6, seed=seed, antithetic=antithetic)
+            errors[antithetic].append((alpha - exact).norm().item())
+    assert sum(errors[True]) < 0.8 * sum(errors[False])
+    full, empty, _ = head_values(tiny, x)
+    torch.testing.assert_close(alpha.sum(1), full - empty, rtol=1e-5, atol=1e-5)
+    pairs = lu.methods.shapley.antithetic_orderings(5, 3, seed=1)
+    assert torch.equal(pairs[1], pairs[0].flip(0)) and pairs.shape == (3, 5)
