@@ -90,6 +90,7 @@ def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
     os.close(handle)
     try:
         frame.to_pickle(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp creates files readable by their owner only
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
