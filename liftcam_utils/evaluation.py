@@ -185,7 +185,9 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 def paper_table(rows_by_dataset: Mapping[str, pd.DataFrame], metric: str) -> pd.DataFrame:
     """One metric as methods x datasets, the layout of the paper's tables."""
-    return pd.DataFrame({name: summarize(rows)[metric] for name, rows in rows_by_dataset.items()})
+    columns = {name: summarize(rows)[metric] for name, rows in rows_by_dataset.items()}
+    order = list(dict.fromkeys(method for column in columns.values() for method in column.index))
+    return pd.DataFrame(columns).reindex(order)
 
 
 def _cache_key(model: LoadedModel, layer: str, spec: MethodSpec, metrics, absent, reference, names) -> str:
