@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,8 @@ class CamInput:
     x: torch.Tensor  # (B, C, H, W) images, on the model's device
     maps: torch.Tensor  # (B, N, h, w) activation maps A, detached
     target: torch.Tensor  # (B,) class indices c
+    # per-image channel games, built once and shared by every method that queries coalitions
+    games: dict = field(default_factory=dict, compare=False, repr=False)
 
     def target_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """``F^c`` for each image: (B, K) logits -> (B,)."""

@@ -37,6 +37,14 @@ class ChannelGame:
         if self._factored is not None:
             self._precompute_contributions()
 
+    @classmethod
+    def of(cls, inputs: CamInput, index: int, batch_size: int = 256) -> ChannelGame:
+        """The game of image ``index``, built once per ``inputs`` (methods evaluated on the same maps share it)."""
+        key = (index, batch_size)
+        if key not in inputs.games:
+            inputs.games[key] = cls(inputs, index, batch_size)
+        return inputs.games[key]
+
     @torch.no_grad()
     def _precompute_contributions(self) -> None:
         """``base = M(P(0))``, ``full = M(P(A))`` and ``D_k = M(P(A e_k)) - base`` (N rows)."""

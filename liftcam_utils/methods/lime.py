@@ -34,7 +34,7 @@ def limecam(inputs: CamInput, n_samples: int = 1000, kernel_width: float = 0.25,
     gram[1:, 1:] += ridge * torch.eye(n, dtype=torch.float64)
     alpha = torch.empty(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
-        values = ChannelGame(inputs, b, batch_size).values(coalitions).double().cpu()
+        values = ChannelGame.of(inputs, b, batch_size).values(coalitions).double().cpu()
         solution = torch.linalg.lstsq(gram, (design.T @ (weights * values))[:, None]).solution
         alpha[b] = solution[1:, 0]
     return alpha.to(device=inputs.maps.device, dtype=inputs.maps.dtype)

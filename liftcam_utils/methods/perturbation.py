@@ -48,7 +48,7 @@ def ablationcam(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
     without_one = 1 - torch.eye(n, device=inputs.maps.device)
     full = torch.ones(1, n, device=inputs.maps.device)
     for b in range(inputs.maps.shape[0]):
-        game = ChannelGame(inputs, b, batch_size)
+        game = ChannelGame.of(inputs, b, batch_size)
         score = game.values(full)[0]
         if score == 0:
             raise ValueError(

@@ -57,7 +57,7 @@ def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0, batch_siz
     ends = torch.stack([torch.zeros(n), torch.ones(n)])
     alpha = torch.zeros(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
-        game = ChannelGame(inputs, b, batch_size)
+        game = ChannelGame.of(inputs, b, batch_size)
         empty, full = game.values(ends).double().cpu()
         for ordering in orderings:
             inner = game.ordering_values(ordering)
@@ -97,12 +97,12 @@ def exact_shap(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
     if is_affine_head(inputs.split.head):
         singles = torch.cat([torch.zeros(1, n), torch.eye(n)])
         for b in range(inputs.maps.shape[0]):
-            values = ChannelGame(inputs, b, batch_size).values(singles).double()
+            values = ChannelGame.of(inputs, b, batch_size).values(singles).double()
             alpha[b] = (values[1:] - values[0]).cpu()
     elif n <= MAX_EXHAUSTIVE_PLAYERS:
         coalitions = _all_coalitions(n)
         for b in range(inputs.maps.shape[0]):
-            alpha[b] = exhaustive_shapley(ChannelGame(inputs, b, batch_size).values(coalitions).cpu(), n)
+            alpha[b] = exhaustive_shapley(ChannelGame.of(inputs, b, batch_size).values(coalitions).cpu(), n)
     else:
         raise ValueError(
             f"exact_shap needs an affine head or at most {MAX_EXHAUSTIVE_PLAYERS} channels; layer "
@@ -157,7 +157,7 @@ def kernelshapcam(inputs: CamInput, n_samples: int = 2048, seed: int = 0,
     ends = torch.stack([torch.zeros(n), torch.ones(n)])
     alpha = torch.empty(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
-        game = ChannelGame(inputs, b, batch_size)
+        game = ChannelGame.of(inputs, b, batch_size)
         empty, full = game.values(ends).double().cpu()
         values = game.values(coalitions).double().cpu()
         # Eliminate the last coefficient with sum(alpha) = full - empty, then solve for the rest.

@@ -1,0 +1,256 @@
+"""The step logic behind the notebooks' widgets: pure functions and a stepper, testable without a browser.
+
+* :func:`explain`: one method on one PIL image: the map, ``alpha``, the target and the top-3 classes.
+* :class:`ShapleyStepper`: Algorithm 1 of the paper (SHAP-CAM) one ordering at a time, with its
+  running estimate, the last ordering's marginal contributions and its convergence history.
+* :func:`insertion_deletion_at`, :func:`keep_mask`, :func:`blended_views`: what a delta slider shows
+  (Table 4's insertion and deletion curves at one delta).
+
+:mod:`liftcam_utils.widgets` only wires these to ipywidgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .cam import cam_map, prepare
+from .channel_game import ChannelGame
+from .methods import METHODS
+from .split import CamSplit, eval_mode
+
+
+def display_image(preprocess, image) -> np.ndarray:
+    """The PIL ``image`` as the model sees it, before ``ToTensor``: resized and cropped, as an
+    (H, W, 3) float array in [0, 1], to draw the maps on."""
+    for step in getattr(preprocess, "transforms", []):
+        if type(step).__name__ in ("ToTensor", "PILToTensor", "Normalize"):
+            break
+        image = step(image)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+
+
+@dataclass
+class Explanation:
+    """One method on one image. ``saliency`` (H, W) in [0, 1], ``alpha`` (N,), ``top`` = the three
+    most probable classes as ``(index, name, probability)``, ``image`` the (H, W, 3) crop it explains."""
+
+    method: str
+    layer: str
+    saliency: np.ndarray
+    alpha: np.ndarray
+    target: int
+    target_name: str
+    top: list[tuple[int, str, float]]
+    image: np.ndarray = field(repr=False)
+
+    def describe(self) -> str:
+        """One line per top class, e.g. ``'tabby  0.612'``; the target is marked."""
+        lines = [f"{'>' if index == self.target else ' '} {name:<24} {probability:.3f}"
+                 for index, name, probability in self.top]
+        if self.target not in [index for index, _, _ in self.top]:
+            lines.append(f"> {self.target_name} (target)")
+        return "\n".join(lines)
+
+
+def explain(model, image, method: str, layer: str | None = None, target: int | None = None,
+            **options) -> Explanation:
+    """``method`` on the PIL ``image`` at ``layer`` (default: the model's), for ``target`` (default:
+    the predicted class). The body runs once; its maps give both ``alpha`` and the class scores."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    split = model.split(layer)
+    x = model.preprocess(image)[None]
+    with eval_mode(split.net):
+        inputs = prepare(split, x, target)
+        alpha = METHODS[method](inputs, **options)
+        with torch.no_grad():
+            probabilities = split.head(inputs.maps).softmax(1)[0].cpu()
+    saliency = cam_map(alpha, inputs.maps, tuple(x.shape[-2:]))[0]
+    values, indices = probabilities.topk(min(3, probabilities.numel()))
+    names = model.categories
+    chosen = int(inputs.target[0])
+    return Explanation(
+        method=method, layer=split.layer, saliency=saliency.cpu().numpy(), alpha=alpha[0].cpu().numpy(),
+        target=chosen, target_name=names[chosen],
+        top=[(int(i), names[int(i)], float(v)) for v, i in zip(values, indices, strict=True)],
+        image=display_image(model.preprocess, image),
+    )
+
+
+def _as_vector(alpha) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(alpha), dtype=torch.float64).reshape(-1)
+
+
+class ShapleyStepper:
+    """SHAP-CAM (Algorithm 1) on one image, one ordering at a time.
+
+    After P calls of ``step()`` with ``seed`` s, :attr:`alpha` equals
+    ``coefficients("shapcam", split, x, n_permutations=P, seed=s)``: the orderings are drawn from
+    the same seeded stream as :func:`~liftcam_utils.methods.shapley.random_orderings`, and the
+    empty and full coalitions are evaluated exactly once, as in ``shapcam``.
+
+    ``reference``: an (N,) alpha (e.g. SHAP-CAM with many orderings) to track convergence against;
+    :attr:`history` then holds the cosine similarity after each ordering, :attr:`error_history`
+    the relative error ``||alpha_P - alpha_ref|| / ||alpha_ref||``.
+    """
+
+    def __init__(self, split: CamSplit, x: torch.Tensor, target: int | None = None, seed: int = 0,
+                 reference=None):
+        if x.dim() == 3:
+            x = x[None]
+        if x.shape[0] != 1:
+            raise ValueError(f"ShapleyStepper explains one image: x must be (1, C, H, W), got {tuple(x.shape)}")
+        self.split, self.seed = split, seed
+        with eval_mode(split.net):
+            self.inputs = prepare(split, x, target)
+            self._game = ChannelGame(self.inputs, 0)
+            ends = torch.stack([torch.zeros(self.n_players), torch.ones(self.n_players)])
+            self.empty, self.full = (float(v) for v in self._game.values(ends).double().cpu())
+        self.target = int(self.inputs.target[0])
+        self.size = tuple(x.shape[-2:])
+        self._generator = torch.Generator().manual_seed(seed)  # the stream of random_orderings(n, P, seed)
+        self._sum = torch.zeros(self.n_players, dtype=torch.float64)
+        self.n_orderings = 0
+        self.last_ordering: np.ndarray | None = None
+        self.last_marginals: np.ndarray | None = None
+        self.reference = None if reference is None else _as_vector(reference)
+        if self.reference is not None and self.reference.numel() != self.n_players:
+            raise ValueError(f"reference has {self.reference.numel()} coefficients, the layer {self.n_players} maps")
+        self.history: list[float] = []
+        self.error_history: list[float] = []
+
+    @property
+    def n_players(self) -> int:
+        return self.inputs.num_maps
+
+    def _next_ordering(self) -> torch.Tensor:
+        return torch.randperm(self.n_players, generator=self._generator)
+
+    def step(self, k: int = 1) -> np.ndarray:
+        """Process ``k`` more orderings; returns the running estimate ``alpha`` (N,)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        with eval_mode(self.split.net):
+            for _ in range(k):
+                ordering = self._next_ordering()
+                inner = self._game.ordering_values(ordering).double().cpu()
+                path = torch.cat([torch.tensor([self.empty], dtype=torch.float64), inner,
+                                  torch.tensor([self.full], dtype=torch.float64)])
+                marginals = torch.zeros(self.n_players, dtype=torch.float64)
+                marginals[ordering] = path.diff()
+                self._sum += marginals
+                self.n_orderings += 1
+                self.last_ordering, self.last_marginals = ordering.numpy(), marginals.numpy()
+                if self.reference is not None:
+                    estimate = self._sum / self.n_orderings
+                    self.history.append(float(M.cosine_similarity(estimate, self.reference)))
+                    self.error_history.append(float((estimate - self.reference).norm() / self.reference.norm()))
+        return self.alpha
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """The current estimate: the mean marginal contribution over the orderings so far (zeros before any)."""
+        if self.n_orderings == 0:
+            return np.zeros(self.n_players, dtype=np.float32)
+        mean = (self._sum / self.n_orderings).to(self.inputs.maps.dtype)
+        return mean.cpu().numpy()
+
+    def map(self) -> np.ndarray:
+        """The current saliency ``s(u(ReLU(sum_k alpha_k A_k)))``, (H, W) in [0, 1]."""
+        alpha = torch.as_tensor(self.alpha, device=self.inputs.maps.device)[None]
+        return cam_map(alpha, self.inputs.maps, self.size)[0].cpu().numpy()
+
+
+def insertion_deletion_at(curves: Mapping[str, object], delta: float,
+                          deltas: torch.Tensor = M.DELTAS) -> dict[str, float]:
+    """Each (K,) curve (sampled at ``deltas``) at the sampled delta nearest ``delta``.
+
+    Returns ``{"delta": nearest delta, name: value, ...}``, e.g. for a slider over Table 4's curves.
+    """
+    grid = np.asarray(deltas, dtype=np.float64)
+    index = int(np.abs(grid - float(delta)).argmin())
+    values = {"delta": float(grid[index])}
+    for name, curve in curves.items():
+        curve = np.asarray(curve, dtype=np.float64).reshape(-1)
+        if curve.shape[0] != grid.shape[0]:
+            raise ValueError(f"curve {name!r} has {curve.shape[0]} values, deltas {grid.shape[0]}")
+        values[name] = float(curve[index])
+    return values
+
+
+def keep_mask(saliency, delta: float) -> np.ndarray:
+    """1 on the ``100 delta %`` most salient pixels of an (H, W) map (``metrics.top_fraction_mask``)."""
+    saliency = torch.as_tensor(np.asarray(saliency, dtype=np.float32))
+    return M.top_fraction_mask(saliency[None], float(delta))[0].numpy()
+
+
+def insertion_deletion(model, image, explanation: Explanation, absent: str = "mean") -> dict[str, np.ndarray]:
+    """Table 4's insertion and deletion curves of ``explanation`` on the PIL ``image``: (K,) arrays
+    over ``metrics.DELTAS``, the softmax of the explanation's target."""
+    x = model.preprocess(image)[None].to(model.device)
+    saliency = torch.as_tensor(explanation.saliency, device=x.device)[None]
+    target = torch.tensor([explanation.target], device=x.device)
+    baseline = M.baseline_image(model.preprocess, absent).to(x.device)
+    with eval_mode(model.net):
+        curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline)
+    return {name: curve[0].cpu().numpy() for name, curve in curves.items()}
+
+
+def blended_views(model, explanation: Explanation, delta: float, absent: str = "mean"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The (H, W, 3) images insertion and deletion show at ``delta``: the top pixels kept (the rest
+    at the ``absent`` colour) and the top pixels removed."""
+    keep = keep_mask(explanation.saliency, delta)[..., None]
+    try:
+        mean, std = M.normalisation_of(model.preprocess)
+        colour = (M.baseline_image(model.preprocess, absent)[:, 0, 0] * std + mean).numpy()
+    except ValueError:
+        colour = np.zeros(3, dtype=np.float32)
+    image = explanation.image
+    return keep * image + (1 - keep) * colour, (1 - keep) * image + keep * colour
+
+
+@dataclass
+class Comparison:
+    """Several methods on the same images at one layer: ``alpha[method]`` (B, N) and
+    ``saliency[method]`` (B, H, W) numpy arrays, ``target`` (B,) classes, ``skipped[method]`` the
+    reason a method could not run here (e.g. ``exact_shap`` on a non-linear head with many maps)."""
+
+    layer: str
+    target: np.ndarray
+    alpha: dict[str, np.ndarray]
+    saliency: dict[str, np.ndarray]
+    skipped: dict[str, str]
+
+
+def compare_methods(model, images, methods, layer: str | None = None,
+                    options: Mapping[str, dict] | None = None) -> Comparison:
+    """Every method of ``methods`` on the PIL ``images`` at ``layer``; the body runs once for all.
+
+    ``options``: per method, its keyword options (e.g. ``{"shapcam": {"n_permutations": 10}}``).
+    A method that refuses the layer (``ValueError``, ``NotImplementedError``) is recorded in
+    ``skipped`` instead of stopping the others.
+    """
+    options = dict(options or {})
+    split = model.split(layer)
+    x = torch.stack([model.preprocess(image) for image in images])
+    alpha, saliency, skipped = {}, {}, {}
+    with eval_mode(split.net):
+        inputs = prepare(split, x)
+        for method in methods:
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+            try:
+                coefficients = METHODS[method](inputs, **options.get(method, {}))
+            except (ValueError, NotImplementedError) as error:
+                skipped[method] = str(error).split(";")[0]
+                continue
+            alpha[method] = coefficients.cpu().numpy()
+            saliency[method] = cam_map(coefficients, inputs.maps, tuple(x.shape[-2:])).cpu().numpy()
+    return Comparison(layer=split.layer, target=inputs.target.cpu().numpy(), alpha=alpha, saliency=saliency,
+                      skipped=skipped)

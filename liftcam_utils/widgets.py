@@ -1,0 +1,206 @@
+"""ipywidgets front ends for the notebooks: wiring only, the logic is in :mod:`liftcam_utils.explore`.
+
+Every widget draws into an ``ipywidgets.Output`` by setting its ``outputs`` (a PNG and a text
+line), so it works the same in a notebook and in a test without a kernel. An error in a step is
+shown there as a message, never raised into the void of a callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import traceback
+
+import ipywidgets as W
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import explore
+from .metrics import DELTAS
+
+ERROR_PREFIX = "Error: "
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _show(out: W.Output, figure: Figure | None = None, text: str = "") -> None:
+    """Replace the content of ``out`` with ``text`` and the figure (as a PNG)."""
+    outputs = []
+    if text:
+        outputs.append({"output_type": "stream", "name": "stdout", "text": text + "\n"})
+    if figure is not None:
+        outputs.append({"output_type": "display_data", "metadata": {},
+                        "data": {"image/png": _png(figure), "text/plain": "<figure>"}})
+    out.outputs = tuple(outputs)
+
+
+def _show_error(out: W.Output, error: BaseException) -> None:
+    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+    out.outputs = ({"output_type": "stream", "name": "stderr", "text": ERROR_PREFIX + detail + "\n"},)
+
+
+def output_text(out: W.Output) -> str:
+    """The text an Output widget shows (its streams), e.g. for tests."""
+    return "".join(o.get("text", "") for o in out.outputs if o.get("output_type") == "stream")
+
+
+def _guarded(out: W.Output, draw):
+    """``draw()`` with any exception shown in ``out``."""
+    try:
+        draw()
+    except Exception as error:  # shown to the reader, not swallowed
+        _show_error(out, error)
+
+
+def _overlay(axis, image: np.ndarray, saliency: np.ndarray, title: str) -> None:
+    axis.imshow(image)
+    axis.imshow(saliency, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    axis.set_title(title, fontsize=9)
+    axis.axis("off")
+
+
+def _alpha_bars(axis, alpha: np.ndarray, n_top: int = 20, title: str = "top channels by |alpha|") -> None:
+    order = np.argsort(-np.abs(alpha))[:n_top]
+    colours = ["tab:red" if alpha[i] > 0 else "tab:blue" for i in order]
+    axis.bar(range(len(order)), alpha[order], color=colours)
+    axis.set_xticks(range(len(order)), [str(i) for i in order], rotation=90, fontsize=7)
+    axis.set_xlabel("channel k")
+    axis.set_ylabel("alpha_k")
+    axis.set_title(title, fontsize=9)
+
+
+def method_explorer(model, records, methods=None, layers=None, options=None) -> W.VBox:
+    """Dropdowns for image, method and layer; shows the map over the image, the largest ``alpha_k``
+    and the predicted classes. ``options``: per method, its options, e.g. ``{"shapcam": {"n_permutations": 10}}``."""
+    from .methods import METHODS
+
+    records = list(records)
+    methods = list(methods or METHODS)
+    layers = list(layers or [model.layer])
+    image = W.Dropdown(options=[(r.name, i) for i, r in enumerate(records)], value=0, description="image")
+    method = W.Dropdown(options=methods, value="liftcam" if "liftcam" in methods else methods[0],
+                        description="method")
+    layer = W.Dropdown(options=layers, value=layers[0], description="layer")
+    out = W.Output()
+    options = dict(options or {})
+
+    def draw():
+        result = explore.explain(model, records[image.value].image(), method.value, layer.value,
+                                 **options.get(method.value, {}))
+        figure = Figure(figsize=(9, 3.4))
+        left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+        _overlay(left, result.image, result.saliency, f"{method.value} -> {result.target_name}")
+        _alpha_bars(right, result.alpha)
+        _show(out, figure, f"{records[image.value].name} at {result.layer}, target {result.target_name}\n"
+                           + result.describe())
+
+    def redraw(_change=None):
+        _guarded(out, draw)
+
+    for control in (image, method, layer):
+        control.observe(redraw, names="value")
+    redraw()
+    widget = W.VBox([W.HBox([image, method, layer]), out])
+    widget.controls, widget.out = {"image": image, "method": method, "layer": layer}, out
+    return widget
+
+
+def shapley_stepper_widget(stepper: explore.ShapleyStepper, reference_cosine: float | None = None) -> W.VBox:
+    """Buttons "next ordering" and "+10" advance a :class:`~liftcam_utils.explore.ShapleyStepper`;
+    shows the current map, the last ordering's marginal contributions and the convergence curve
+    (cosine to the stepper's reference; ``reference_cosine``, e.g. LIFT-CAM's, as a line)."""
+    one, ten = W.Button(description="next ordering"), W.Button(description="+10")
+    out = W.Output()
+    x = stepper.inputs.x[0].detach().cpu()  # normalised: min-max it back to [0, 1] for display
+    image = ((x - x.min()) / (x.max() - x.min() + 1e-12)).permute(1, 2, 0).numpy() if x.shape[0] == 3 else None
+
+    def draw():
+        figure = Figure(figsize=(11, 3.2))
+        axes = figure.subplots(1, 3)
+        if stepper.n_orderings:
+            saliency = stepper.map()
+            if image is not None:
+                _overlay(axes[0], image, saliency, f"SHAP-CAM_{stepper.n_orderings}")
+            else:
+                axes[0].imshow(saliency, cmap="jet")
+                axes[0].set_title(f"SHAP-CAM_{stepper.n_orderings}")
+            _alpha_bars(axes[1], stepper.last_marginals, title="last ordering's marginal contributions")
+        else:
+            for axis in axes[:2]:
+                axis.text(0.5, 0.5, "press 'next ordering'", ha="center", va="center")
+                axis.axis("off")
+        if stepper.history:
+            steps = np.arange(1, len(stepper.history) + 1)
+            axes[2].plot(steps, stepper.history, label="SHAP-CAM_P")
+            if reference_cosine is not None:
+                axes[2].axhline(reference_cosine, color="tab:red", linestyle="--", label="LIFT-CAM")
+            axes[2].set_xscale("log")
+            axes[2].set_xlabel("orderings P")
+            axes[2].set_ylabel("cosine to reference")
+            axes[2].legend(fontsize=8)
+        else:
+            axes[2].text(0.5, 0.5, "no reference: no convergence curve", ha="center", va="center")
+            axes[2].axis("off")
+        total = sum(stepper.alpha)
+        _show(out, figure, f"orderings: {stepper.n_orderings}   sum(alpha) = {total:.3f}   "
+                           f"F(A) - F(0) = {stepper.full - stepper.empty:.3f}")
+
+    def advance(k):
+        def on_click(_button):
+            _guarded(out, lambda: (stepper.step(k), draw()))
+        return on_click
+
+    one.on_click(advance(1))
+    ten.on_click(advance(10))
+    _guarded(out, draw)
+    widget = W.VBox([W.HBox([one, ten]), out])
+    widget.controls, widget.out = {"one": one, "ten": ten}, out
+    return widget
+
+
+def insertion_slider(model, image, method: str = "liftcam", layer: str | None = None, absent: str = "mean",
+                     target: int | None = None, **options) -> W.VBox:
+    """A delta slider over Table 4's curves for ``method`` on the PIL ``image``: the image with the
+    top ``100 delta %`` pixels kept and removed, and the point on the insertion and deletion curves."""
+    slider = W.FloatSlider(value=0.2, min=0.0, max=1.0, step=float(DELTAS[1] - DELTAS[0]), description="delta",
+                           readout_format=".3f")
+    out = W.Output()
+    state = {}
+
+    def draw():
+        if "curves" not in state:
+            state["explanation"] = explore.explain(model, image, method, layer, target, **options)
+            state["curves"] = explore.insertion_deletion(model, image, state["explanation"], absent)
+        explanation, curves = state["explanation"], state["curves"]
+        at = explore.insertion_deletion_at(curves, slider.value)
+        kept, removed = explore.blended_views(model, explanation, at["delta"], absent)
+        figure = Figure(figsize=(11, 3.2))
+        axes = figure.subplots(1, 3)
+        for axis, picture, title in ((axes[0], kept, "insertion: top pixels kept"),
+                                     (axes[1], removed, "deletion: top pixels removed")):
+            axis.imshow(np.clip(picture, 0, 1))
+            axis.set_title(title, fontsize=9)
+            axis.axis("off")
+        deltas = DELTAS.numpy()
+        for name, colour in (("insertion", "tab:green"), ("deletion", "tab:red")):
+            axes[2].plot(deltas, curves[name], color=colour, label=name)
+            axes[2].plot([at["delta"]], [at[name]], "o", color=colour)
+        axes[2].axvline(at["delta"], color="grey", linewidth=0.8)
+        axes[2].set_xlabel("delta (fraction of pixels)")
+        axes[2].set_ylabel(f"softmax of {explanation.target_name}")
+        axes[2].legend(fontsize=8)
+        _show(out, figure, f"{method}, delta = {at['delta']:.3f}: insertion {at['insertion']:.3f}, "
+                           f"deletion {at['deletion']:.3f}")
+
+    slider.observe(lambda _change: _guarded(out, draw), names="value")
+    _guarded(out, draw)
+    widget = W.VBox([slider, out])
+    widget.controls, widget.out = {"delta": slider}, out
+    return widget
+
+
+__all__ = ["insertion_slider", "method_explorer", "output_text", "shapley_stepper_widget"]
