@@ -97,7 +97,7 @@ def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
         raise
 
 
-def _box_mask_after_preprocess(record: ImageRecord, preprocess, label: int, size) -> torch.Tensor:
+def box_mask_after_preprocess(record: ImageRecord, preprocess, label: int, size) -> torch.Tensor:
     """The target's boxes as a mask in the coordinates of the preprocessed image: the mask is
     drawn at the original size and sent through the same resize and crop steps."""
     image = record.image()
@@ -127,7 +127,7 @@ def _shard_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
         x, target = inputs.x, inputs.target
         baseline = baseline.to(x.device)
         reference_alpha = METHODS[reference.method](inputs, **reference.kwargs) if reference else None
-        box_masks = (torch.stack([_box_mask_after_preprocess(r, model.preprocess, r.label, size) for r in records])
+        box_masks = (torch.stack([box_mask_after_preprocess(r, model.preprocess, r.label, size) for r in records])
                      if "pointing" in metrics else None)
         for spec in specs:
             start = time.perf_counter()

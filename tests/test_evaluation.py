@@ -116,7 +116,7 @@ def test_box_mask_follows_resize_and_crop():
     record = ImageRecord(name="r", labels=(1,), boxes=(Box(1, 0, 0, 20, 20), Box(2, 20, 0, 40, 20)),
                          pixels=Image.new("RGB", (40, 20)))
     preprocess = transforms.Compose([transforms.Resize(10), transforms.CenterCrop(10), transforms.ToTensor()])
-    mask = E._box_mask_after_preprocess(record, preprocess, 1, (10, 10))
+    mask = E.box_mask_after_preprocess(record, preprocess, 1, (10, 10))
     # label 1's box covers the left half: resized columns 0..9, i.e. cropped columns 0..4
     assert mask[:, :5].min() == 1 and mask[:, 5:].max() == 0
 
