@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from .cam import cam_map, prepare
 from .datasets.records import ImageRecord
+from .files import write_atomically
 from .methods import METHODS
 from .models import LoadedModel, load_model
 from .split import eval_mode
@@ -82,19 +82,6 @@ def code_version() -> str:
     for path in sorted(Path(__file__).parent.rglob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        frame.to_pickle(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def box_mask_after_preprocess(record: ImageRecord, preprocess, label: int, size) -> torch.Tensor:
@@ -255,7 +242,7 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     def store(index, shard, results):
         for spec, frame in results.items():
             if cache is not None:
-                _write_atomically(frame, cache_file(spec, shard))
+                write_atomically(cache_file(spec, shard), frame.to_pickle)
             done[index, spec] = frame
 
     bar = tqdm(total=sum(len(s) for _, s, _ in todo), desc="images", unit="img", disable=not progress)

@@ -7,38 +7,27 @@ A notebook saves each result as ``<notebook>_<name>.csv`` / ``.png`` (e.g. ``04_
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from .files import write_atomically
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+def _write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text))
 
 
 def save_table(frame: pd.DataFrame, name: str, output_dir: str | os.PathLike) -> pd.DataFrame:
     """Write ``frame`` to ``output_dir/name.csv`` (atomically) and return it, for display."""
-    _atomic_write_text(Path(output_dir) / f"{name}.csv", frame.to_csv())
+    _write_text(Path(output_dir) / f"{name}.csv", frame.to_csv())
     return frame
 
 
 def save_figure(figure, name: str, output_dir: str | os.PathLike) -> None:
     """Write a matplotlib figure to ``output_dir/name.png``."""
-    path = Path(output_dir) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.png")
-    figure.savefig(temporary, dpi=110, bbox_inches="tight")
-    os.replace(temporary, path)
+    write_atomically(Path(output_dir) / f"{name}.png",
+                     lambda temporary: figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png"))
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -69,5 +58,5 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
     for key in sorted(sections):
         text += [f"## {notebooks.get(key, key)}", ""] + [b + "\n" for b in sections[key]]
     path = results / "REPORT.md"
-    _atomic_write_text(path, "\n".join(text))
+    _write_text(path, "\n".join(text))
     return path

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch import nn
 from torchvision import transforms
 
 from .datasets.synthetic_scenes import DEFAULT_SIZE, SCENE_CLASSES, make_scenes, multi_hot
+from .files import write_atomically
 from .models import default_device, load_state_dict_file
 
 SHAPES_VGG_LAYER = "features.14"  # the ReLU after the last conv layer (and its BN)
@@ -151,17 +151,8 @@ def evaluate(net: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dic
 # -- training ------------------------------------------------------------------------------------
 def save_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
     """Write ``net``'s state dict atomically: a temporary file in the same directory, then replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, file)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
 def train_shapes_vgg(n_train: int = DEFAULT_TRAINING["n_train"], n_val: int = DEFAULT_TRAINING["n_val"],

@@ -1,5 +1,7 @@
 """The batch runner: tidy rows, summaries, on-disk cache with resume, and Dask scale-out."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -11,6 +13,7 @@ import liftcam_utils as lu
 from liftcam_utils import evaluation as E
 from liftcam_utils.datasets import Box, ImageRecord
 from liftcam_utils.datasets.embedded import foolbox_imagenet
+from liftcam_utils.files import write_atomically
 
 
 class _Tiny(nn.Module):
@@ -103,12 +106,19 @@ def test_cache_is_read_and_an_interrupted_run_resumes(tiny_model, records, tmp_p
     assert len(calls) == 3  # another baseline is another key
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
-    frame = pd.DataFrame({"a": [1]})
-    monkeypatch.setattr(pd.DataFrame, "to_pickle", lambda self, path: (_ for _ in ()).throw(OSError("disk full")))
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.pkl"
+    target.write_text("the complete old result")
+
+    def crash(temporary):
+        Path(temporary).write_text("half a result")
+        raise OSError("disk full")
+
     with pytest.raises(OSError, match="disk full"):
-        E._write_atomically(frame, tmp_path / "x.pkl")
-    assert list(tmp_path.iterdir()) == []
+        write_atomically(target, crash)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pkl"] and target.read_text() == "the complete old result"
+    write_atomically(target, pd.DataFrame({"a": [1]}).to_pickle)
+    assert pd.read_pickle(target)["a"].tolist() == [1] and oct(target.stat().st_mode)[-3:] == "644"
 
 
 def test_box_mask_follows_resize_and_crop():
