@@ -4,7 +4,10 @@
     .venv/bin/python benchmarks/peers.py [--model efficientnet_lite0|vgg16] [--skip-scorecam]
 
 Same image, model and layer for every row; each time is the median of 3 runs after a warm-up (Score-CAM: 1).
-Rows where a peer cannot run (it raises) say so.
+Rows where a peer cannot run (it raises) say so. EfficientNet-Lite0's default layer is the second call of
+the shared module ``_swish``; the peers hook modules, not calls, so their layer may be another call of it
+(pytorch-grad-cam's ScoreCAM then runs far fewer forward passes than the 1280 of that layer): compare those rows
+with care, or use ``--model vgg16``, whose layer is called once.
 Score-CAM: both sides run N full forward passes (N = channels of the layer); pytorch-grad-cam batches
 them 16 at a time, ours uses its default (one at a time on a CPU).
 """
@@ -12,6 +15,7 @@ them 16 at a time, ours uses its default (one at a time on a CPU).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -33,12 +37,16 @@ def _seconds(fn, repeats: int = 3) -> float | str:
         return f"fails: {type(error).__name__}"
 
 
+def _text(seconds: float | str) -> str:
+    return f"{seconds:.3f}" if isinstance(seconds, float) else seconds
+
+
 def _peer_rows(model, split, x, target, skip_scorecam):
     from captum.attr import DeepLift, LayerGradCam
     from pytorch_grad_cam import AblationCAM, GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer = model.net.get_submodule(split.layer.partition("@")[0])
+    layer_name = split.layer.partition("@")[0]
     targets = [ClassifierOutputTarget(int(target))]
     peers = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "ablationcam": AblationCAM}
     if not skip_scorecam:
@@ -46,15 +54,20 @@ def _peer_rows(model, split, x, target, skip_scorecam):
     rows = {}
     for ours, peer in peers.items():
         def run(peer=peer):
-            with peer(model=model.net, target_layers=[layer]) as cam:
+            # a copy per peer: pytorch-grad-cam's AblationCAM swaps the target layer and, when it fails,
+            # leaves the swapped layer in the model
+            net = copy.deepcopy(model.net)
+            with peer(model=net, target_layers=[net.get_submodule(layer_name)]) as cam:
                 cam(input_tensor=x, targets=targets)
         rows[ours] = ("pytorch-grad-cam " + peer.__name__, _seconds(run, 1 if ours == "scorecam" else 3))
-    with torch.no_grad():
-        maps = split.body(x)
+    def deeplift():  # the body forward too, as in ours
+        with torch.no_grad():
+            maps = split.body(x)
+        DeepLift(split.head).attribute(maps, baselines=torch.zeros_like(maps), target=int(target))
+
     rows["captum-gradcam"] = ("Captum LayerGradCam", _seconds(
-        lambda: LayerGradCam(model.net, layer).attribute(x, target=int(target))))
-    rows["liftcam"] = ("Captum DeepLift on the head", _seconds(
-        lambda: DeepLift(split.head).attribute(maps, baselines=torch.zeros_like(maps), target=int(target))))
+        lambda: LayerGradCam(model.net, model.net.get_submodule(layer_name)).attribute(x, target=int(target))))
+    rows["liftcam"] = ("Captum DeepLift on the head", _seconds(deeplift))
     return rows
 
 
@@ -82,11 +95,10 @@ def main() -> None:
         ours = _seconds(lambda m=method: lu.coefficients(m, split, x, target=int(target)),
                         1 if method == "scorecam" else 3)
         name, theirs = peers[method]
-        ratio = f"{theirs / ours:.1f}x" if isinstance(theirs, float) else "-"
-        theirs_text = f"{theirs:.3f}" if isinstance(theirs, float) else theirs
-        print(f"| {method} | {ours:.3f} | {name} | {theirs_text} | {ratio} |", flush=True)
+        ratio = f"{theirs / ours:.1f}x" if isinstance(theirs, float) and isinstance(ours, float) else "-"
+        print(f"| {method} | {_text(ours)} | {name} | {_text(theirs)} | {ratio} |", flush=True)
     name, theirs = peers["captum-gradcam"]
-    print(f"| gradcam | - | {name} | {theirs if isinstance(theirs, str) else f'{theirs:.3f}'} | - |")
+    print(f"| gradcam | - | {name} | {_text(theirs)} | - |")
 
 
 if __name__ == "__main__":
