@@ -12,6 +12,8 @@ evaluation of ``R``; along an ordering, the prefixes are running sums.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .cam import CamInput
@@ -81,6 +83,20 @@ class ChannelGame:
         else:
             sums = terms @ self._contributions
         return self._rest(torch.where(sparse, self._base.flatten() + sums, self._full.flatten() - sums))
+
+    @functools.cached_property
+    def ends(self) -> torch.Tensor:
+        """``(F^c(0), F^c(A))``: the empty and the full coalition's values, float64 on the CPU."""
+        return self.values(torch.stack([torch.zeros(self.n), torch.ones(self.n)])).double().cpu()
+
+    @torch.no_grad()
+    def marginals(self, ordering: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1's inner loop: each player's marginal contribution along ``ordering``, (N,) float64
+        on the CPU; they sum to ``F^c(A) - F^c(0)`` (local accuracy)."""
+        path = torch.cat([self.ends[:1], self.ordering_values(ordering).double().cpu(), self.ends[1:]])
+        marginals = torch.zeros(self.n, dtype=torch.float64)
+        marginals[ordering.cpu()] = path.diff()
+        return marginals
 
     @torch.no_grad()
     def ordering_values(self, ordering: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from . import metrics as M
 from .cam import cam_map, prepare
 from .channel_game import ChannelGame
 from .methods import METHODS
+from .methods.shapley import ordering_stream
 from .split import CamSplit, eval_mode
 
 
@@ -108,12 +109,10 @@ class ShapleyStepper:
         self.split, self.seed = split, seed
         with eval_mode(split.net):
             self.inputs = prepare(split, x, target)
-            self._game = ChannelGame(self.inputs, 0)
-            ends = torch.stack([torch.zeros(self.n_players), torch.ones(self.n_players)])
-            self.empty, self.full = (float(v) for v in self._game.values(ends).double().cpu())
+            self._game = ChannelGame.of(self.inputs, 0)
         self.target = int(self.inputs.target[0])
         self.size = tuple(x.shape[-2:])
-        self._generator = torch.Generator().manual_seed(seed)  # the stream of random_orderings(n, P, seed)
+        self._orderings = ordering_stream(self.n_players, seed)  # the orderings of shapcam(seed=seed)
         self._sum = torch.zeros(self.n_players, dtype=torch.float64)
         self.n_orderings = 0
         self.last_ordering: np.ndarray | None = None
@@ -125,11 +124,18 @@ class ShapleyStepper:
         self.error_history: list[float] = []
 
     @property
+    def empty(self) -> float:
+        """``F^c(0)``."""
+        return float(self._game.ends[0])
+
+    @property
+    def full(self) -> float:
+        """``F^c(A)``."""
+        return float(self._game.ends[1])
+
+    @property
     def n_players(self) -> int:
         return self.inputs.num_maps
-
-    def _next_ordering(self) -> torch.Tensor:
-        return torch.randperm(self.n_players, generator=self._generator)
 
     def step(self, k: int = 1) -> np.ndarray:
         """Process ``k`` more orderings; returns the running estimate ``alpha`` (N,)."""
@@ -137,12 +143,8 @@ class ShapleyStepper:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         with eval_mode(self.split.net):
             for _ in range(k):
-                ordering = self._next_ordering()
-                inner = self._game.ordering_values(ordering).double().cpu()
-                path = torch.cat([torch.tensor([self.empty], dtype=torch.float64), inner,
-                                  torch.tensor([self.full], dtype=torch.float64)])
-                marginals = torch.zeros(self.n_players, dtype=torch.float64)
-                marginals[ordering] = path.diff()
+                ordering = next(self._orderings)
+                marginals = self._game.marginals(ordering)
                 self._sum += marginals
                 self.n_orderings += 1
                 self.last_ordering, self.last_marginals = ordering.numpy(), marginals.numpy()

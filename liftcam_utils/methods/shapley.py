@@ -9,7 +9,9 @@ All satisfy local accuracy, ``sum_k alpha_k = F^c(A) - F^c(0)`` (footnote 4 of t
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -20,13 +22,19 @@ from ..head_ops import is_affine_head
 MAX_EXHAUSTIVE_PLAYERS = 16
 
 
+def ordering_stream(n_players: int, seed: int) -> Iterator[torch.Tensor]:
+    """Seeded random permutations of ``range(n_players)``, one after another, on CPU."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randperm(n_players, generator=generator)
+
+
 def random_orderings(n_players: int, n_orderings: int, seed: int) -> torch.Tensor:
-    """``n_orderings`` seeded random permutations of ``range(n_players)``, shape (P, N), on CPU.
+    """The first ``n_orderings`` of :func:`ordering_stream`, shape (P, N).
 
     Drawn from ``seed`` alone, so every image, device and batch size sees the same orderings.
     """
-    generator = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(n_players, generator=generator) for _ in range(n_orderings)])
+    return torch.stack(list(itertools.islice(ordering_stream(n_players, seed), n_orderings)))
 
 
 def antithetic_orderings(n_players: int, n_orderings: int, seed: int) -> torch.Tensor:
@@ -54,15 +62,11 @@ def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0, batch_siz
     n = inputs.num_maps
     draw = antithetic_orderings if antithetic else random_orderings
     orderings = draw(n, n_permutations, seed)
-    ends = torch.stack([torch.zeros(n), torch.ones(n)])
     alpha = torch.zeros(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
         game = ChannelGame.of(inputs, b, batch_size)
-        empty, full = game.values(ends).double().cpu()
         for ordering in orderings:
-            inner = game.ordering_values(ordering)
-            path = torch.cat([empty[None], inner.double().cpu(), full[None]])
-            alpha[b, ordering] += path.diff()
+            alpha[b] += game.marginals(ordering)
     return (alpha / n_permutations).to(device=inputs.maps.device, dtype=inputs.maps.dtype)
 
 
@@ -154,11 +158,10 @@ def kernelshapcam(inputs: CamInput, n_samples: int = 2048, seed: int = 0,
         coalitions = _sample_kernel_coalitions(n, n_samples, torch.Generator().manual_seed(seed))
         weights = torch.ones(coalitions.shape[0], dtype=torch.float64)
     z = coalitions.double()
-    ends = torch.stack([torch.zeros(n), torch.ones(n)])
     alpha = torch.empty(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
         game = ChannelGame.of(inputs, b, batch_size)
-        empty, full = game.values(ends).double().cpu()
+        empty, full = game.ends
         values = game.values(coalitions).double().cpu()
         # Eliminate the last coefficient with sum(alpha) = full - empty, then solve for the rest.
         target = values - empty - z[:, -1] * (full - empty)
