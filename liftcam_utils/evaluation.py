@@ -102,7 +102,25 @@ def box_mask_after_preprocess(record: ImageRecord, preprocess, label: int, size)
 
 def _shard_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord], specs: list[MethodSpec],
                 metrics: tuple[str, ...], absent: str, reference: MethodSpec | None) -> dict[MethodSpec, pd.DataFrame]:
-    """Evaluate one shard: the body once, then every method and metric on the shared maps."""
+    """Evaluate one shard; VQA records (with a ``question``) in groups that share the question, each
+    with that question fixed (paper Sec. 4.4), rows in the shard's order."""
+    questions = list(dict.fromkeys(r.question for r in records))
+    if questions == [None]:
+        return _image_rows(model, layer, records, specs, metrics, absent, reference)
+    if None in questions or model.questions is None:
+        raise ValueError(f"model {model.name!r} and these records do not match: VQA records need a VQA model "
+                         "(e.g. shapes_vqa), image records a model that takes no question")
+    parts = [_image_rows(model.fixed(q), layer, [r for r in records if r.question == q], specs, metrics, absent,
+                         reference) for q in questions]
+    order = {r.name: i for i, r in enumerate(records)}
+    return {spec: pd.concat([part[spec] for part in parts], ignore_index=True)
+            .sort_values("image", key=lambda names: names.map(order), kind="stable", ignore_index=True)
+            for spec in specs}
+
+
+def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord], specs: list[MethodSpec],
+                metrics: tuple[str, ...], absent: str, reference: MethodSpec | None) -> dict[MethodSpec, pd.DataFrame]:
+    """Evaluate records of one model: the body once, then every method and metric on the shared maps."""
     split = model.split(layer)
     x = torch.stack([model.preprocess(r.image()) for r in records])
     target = torch.tensor([r.label for r in records])

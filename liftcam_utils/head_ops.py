@@ -7,9 +7,13 @@ of a linear head need to know, for every op of ``F`` that depends on ``A``, whet
   mode, average pooling, reshapes, sums, products with a constant);
 * ``ELEMENTWISE``: a scalar non-linearity applied to each entry (ReLU, ReLU6, Tanh, Sigmoid, ...);
 * ``MAX_POOL``: a max over windows;
+* ``PRODUCT``: the product or quotient of two ``A``-dependent tensors (e.g. a VQA image embedding
+  divided by its own L2 norm);
+* ``NORM``: an L2 norm along given dimensions (the batch dimension excluded);
 * ``METADATA``: a shape query such as ``A.size(0)``, which carries no activation values.
 
-Anything else (a product of two ``A``-dependent tensors, a softmax, a normalisation by a norm)
+``detach`` is ``AFFINE`` (the identity): it changes gradients, never values, and rule-based
+attribution follows values. Anything else (a softmax, a norm other than L2, a norm over the batch)
 raises :class:`UnsupportedHeadOpError`. Nothing is ever silently treated as linear.
 """
 
@@ -27,6 +31,8 @@ class OpKind(enum.Enum):
     AFFINE = "affine"
     ELEMENTWISE = "elementwise"
     MAX_POOL = "max_pool"
+    PRODUCT = "product"
+    NORM = "norm"
     METADATA = "metadata"
 
 
@@ -66,7 +72,7 @@ _MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.adaptive_max_pool1d, F.adap
                        torch.max_pool2d}
 
 _AFFINE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose",
-                   "contiguous", "clone", "mean", "sum", "__getitem__", "add", "sub", "neg"}
+                   "contiguous", "clone", "mean", "sum", "__getitem__", "add", "sub", "neg", "detach"}
 _SCALING_METHODS = {"mul", "div"}
 _ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max"}
 _METADATA_METHODS = {"size", "dim"}
@@ -115,6 +121,8 @@ def _classify(node: fx.Node, head: fx.GraphModule, depends: set[fx.Node]) -> OpK
             return rules[node.target]
         if node.target is getattr and node.args[1] == "shape":
             return OpKind.METADATA
+        if node.target in _NORM_TARGETS[node.op]:
+            return _norm_kind(node, head)
     raise UnsupportedHeadOpError(
         f"the head contains {_describe(node, head)}, which has no attribution rule. "
         "Supported: affine ops (conv, linear, eval-mode batch norm, average pooling, reshapes, "
@@ -125,15 +133,38 @@ def _classify(node: fx.Node, head: fx.GraphModule, depends: set[fx.Node]) -> OpK
 
 
 def _scaling_kind(node: fx.Node, head: fx.GraphModule, depends: set[fx.Node]) -> OpKind:
-    operands = [a for a in node.args if isinstance(a, fx.Node) and a in depends]
-    is_division = node.target in (operator.truediv, torch.div, "div")
-    if len(operands) == 1 and not (is_division and node.args[0] is not operands[0]):
+    operands = [a for a in node.args[:2] if isinstance(a, fx.Node) and a in depends]
+    if len(node.args) != 2 or node.kwargs:
+        raise UnsupportedHeadOpError(f"the head contains {_describe(node, head)} with extra arguments "
+                                     f"{node.args[2:]} {node.kwargs}; only plain products and quotients have a rule")
+    if len(operands) == 1 and operands[0] is node.args[0]:
         return OpKind.AFFINE
-    raise UnsupportedHeadOpError(
-        f"the head contains {_describe(node, head)} with {len(operands)} operands that depend on "
-        "the activation maps; only products with a constant are affine, and neither DeepLIFT's "
-        "Rescale rule nor LRP defines a rule for the product of two variables"
-    )
+    is_division = node.target in (operator.truediv, torch.div, "div")
+    return OpKind.AFFINE if len(operands) == 1 and not is_division else OpKind.PRODUCT
+
+
+# node.op -> targets computing a norm; only the L2 norm along given non-batch dimensions has a rule
+_NORM_TARGETS = {"call_function": {torch.norm, torch.linalg.vector_norm}, "call_method": {"norm"},
+                 "call_module": set()}
+
+
+def norm_arguments(node: fx.Node) -> tuple[object, object, bool]:
+    """``(p, dim, keepdim)`` of a norm node, read from its positional or keyword arguments."""
+    names = ("input", "p", "dim", "keepdim") if node.target is not torch.linalg.vector_norm \
+        else ("input", "ord", "dim", "keepdim")
+    values = dict(zip(names, node.args, strict=False)) | node.kwargs
+    return values.get(names[1], 2), values.get("dim"), bool(values.get("keepdim", False))
+
+
+def _norm_kind(node: fx.Node, head: fx.GraphModule) -> OpKind:
+    p, dim, _keepdim = norm_arguments(node)
+    dims = (dim,) if isinstance(dim, int) else tuple(dim or ())
+    if p not in (2, 2.0, "fro") or not dims or 0 in dims:
+        raise UnsupportedHeadOpError(
+            f"the head contains {_describe(node, head)} with p={p!r}, dim={dim!r}; the rule covers the L2 norm "
+            "along given dimensions other than the batch dimension 0"
+        )
+    return OpKind.NORM
 
 
 def classify_head(head: fx.GraphModule) -> dict[fx.Node, OpKind]:

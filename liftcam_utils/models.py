@@ -12,13 +12,21 @@
 * ``"shapes_vgg"``: our VGG-style classifier of the synthetic scenes (6 classes, multi-label), with
   VGG16's head structure (max-pool, FC-ReLU-FC-ReLU-FC); weights in ``data/shapes_vgg.pt``, made by
   ``python -m liftcam_utils.shapes_vgg --out data/shapes_vgg.pt``. Default layer ``"features.14"``.
+* ``"shapes_vqa"``: the basic VQA model (image CNN + question LSTM, product fusion) trained on our
+  synthetic VQA task (:mod:`liftcam_utils.vqa_model`); weights in ``data/shapes_vqa.pt``. Default
+  layer ``"img_encoder.model.features.14"`` (128 x 8 x 8). Explain it with a question fixed:
+  ``load_model("shapes_vqa").fixed("what color is the star?")``.
+* ``"basic_vqa"``: a checkpoint of the public basic VQA implementation the paper explains (VGG19 image
+  encoder): ``weights`` is the ``.ckpt`` file, with its ``vocab_questions.txt`` and ``vocab_answers.txt``
+  beside it. Default layer ``"img_encoder.model.features.35"`` (VGG19's last conv ReLU, 512 x 14 x 14).
 
-``weights`` is ``"default"`` (the published ImageNet weights), a path to a state dict, or ``None``
+``weights`` is ``"default"`` (the published or committed weights), a path to a state dict, or ``None``
 (random initialisation, for tests and timing). Every file is read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +39,8 @@ from torchvision import transforms
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from .datasets.paper_data import COCO_CLASSES, VOC_CLASSES
+from .datasets.questions import Vocabulary
+from .fixed_inputs import fix_inputs
 from .split import CamSplit, split_model
 
 
@@ -53,10 +63,24 @@ class LoadedModel:
     preprocess: Callable
     categories: list[str]
     weights: str | None = "default"
+    # VQA models: (question vocabulary, padded question length); ``question``: the fixed question
+    questions: tuple[Vocabulary, int] | None = None
+    question: str | None = None
 
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+    def fixed(self, question: str) -> LoadedModel:
+        """This VQA model with ``question`` fixed (paper Sec. 4.4): a model of the image alone whose
+        classes are the answers, ready for every method, metric and the batch runner."""
+        if self.questions is None:
+            raise ValueError(f"model {self.name!r} takes no question")
+        if self.question is not None:
+            raise ValueError(f"model {self.name!r} already has the question {self.question!r} fixed")
+        vocabulary, length = self.questions
+        tokens = vocabulary.encode(question, length)[None].to(self.device)
+        return dataclasses.replace(self, net=fix_inputs(self.net, tokens), question=question)
 
     def split(self, layer: str | None = None) -> CamSplit:
         """The model cut at ``layer`` (default: the model's default CAM layer)."""
@@ -213,8 +237,24 @@ def _shapes_vgg_entry():
     return build, SHAPES_VGG_LAYER, shapes_preprocess, list(SCENE_CLASS_NAMES)
 
 
+def _shapes_vqa_entry():
+    from .datasets.synthetic_vqa import ANSWERS, MAX_QUESTION_TOKENS
+    from .vqa_model import DEFAULT_WEIGHTS, SHAPES_VQA_LAYER, question_vocabulary, shapes_vqa_net, shapes_vqa_preprocess
+
+    vocabulary = question_vocabulary()
+
+    def build(weights):
+        net = shapes_vqa_net(len(vocabulary))
+        if weights is not None:
+            load_state_dict_file(net, DEFAULT_WEIGHTS if weights == "default" else weights)
+        return net
+
+    return build, SHAPES_VQA_LAYER, shapes_vqa_preprocess, list(ANSWERS), (vocabulary, MAX_QUESTION_TOKENS)
+
+
 _IMAGENET_PREPROCESS = _imagenet_preprocess(_TORCHVISION_MEAN, _TORCHVISION_STD)
-# name -> () -> (network builder taking `weights`, default CAM layer, preprocessing, class names)
+# name -> () -> (network builder taking `weights`, default CAM layer, preprocessing, class names
+#                [, (question vocabulary, question length) for VQA models])
 _MODELS = {
     "efficientnet_lite0": lambda: (_efficientnet_lite0_net, "_swish@1",
                                    _imagenet_preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), list(_IMAGENET_CATEGORIES)),
@@ -227,20 +267,26 @@ _MODELS = {
                           list(VOC_CLASSES)),
     "vgg16_coco": lambda: (lambda w: _torchray_vgg16_net("coco", 80, w), "features.29", _CAFFE_PREPROCESS,
                            list(COCO_CLASSES)),
+    "shapes_vqa": _shapes_vqa_entry,
 }
-MODEL_NAMES = tuple(_MODELS)
+MODEL_NAMES = (*_MODELS, "basic_vqa")
 
 
 def load_model(name: str, weights: str | os.PathLike | None = "default",
                device: str | torch.device | None = None) -> LoadedModel:
-    """Load a classifier by name (see the module docstring) on ``device`` (None: CUDA if present)."""
-    if name not in _MODELS:
+    """Load a model by name (see the module docstring) on ``device`` (None: CUDA if present)."""
+    if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
     if isinstance(weights, str) and weights != "default" and not Path(weights).exists():
         raise FileNotFoundError(
             f"weights {weights!r} is neither 'default', None, nor an existing checkpoint file"
         )
-    build, layer, preprocess, categories = _MODELS[name]()
+    if name == "basic_vqa":
+        from .vqa_model import load_basic_vqa
+
+        return load_basic_vqa(weights, device)
+    build, layer, preprocess, categories, *questions = _MODELS[name]()
     net = build(weights).to(default_device(device)).eval()
     return LoadedModel(name=name, net=net, layer=layer, preprocess=preprocess, categories=categories,
-                       weights=None if weights is None else str(weights))
+                       weights=None if weights is None else str(weights),
+                       questions=questions[0] if questions else None)

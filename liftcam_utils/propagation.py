@@ -10,8 +10,17 @@ the head runs on the stacked batch ``[A; 0]``, so every op sees its input ``z`` 
 input ``z_ref`` at once. Elementwise ``g`` gets ``m = (g(z) - g(z_ref)) / (z - z_ref)`` (the
 derivative where ``|z - z_ref|`` is tiny); affine ops keep their own derivative; a max pool whose
 reference input is constant in each window routes the difference to the arg-max, which is exact.
-Then the contributions of all neurons sum to ``F^c(A) - F^c(0)`` exactly (summation-to-delta,
-Eq. 4, hence local accuracy, Eq. 8).
+Two ops of several inputs get exact rules of the same kind (secant multipliers, so that
+``Delta out = sum_i m_i Delta in_i`` holds exactly):
+
+* a product ``c = a b`` of two ``A``-dependent tensors: ``m_a = (b + b_ref) / 2`` and
+  ``m_b = (a + a_ref) / 2`` (the Shapley values of the two-player game of ``a`` and ``b``); a quotient
+  ``a / b`` is the product of ``a`` and the elementwise non-linearity ``1 / b``;
+* an L2 norm ``r = ||v||``: ``m_v = (v + v_ref) / (r + r_ref)``, since
+  ``r^2 - r_ref^2 = sum_j (v_j + v_ref_j)(v_j - v_ref_j)``.
+
+``detach`` passes multipliers through: it only changes gradients. Then the contributions of all
+neurons sum to ``F^c(A) - F^c(0)`` exactly (summation-to-delta, Eq. 4, hence local accuracy, Eq. 8).
 
 LRP-epsilon (Bach et al. 2015) runs on ``A`` alone: relevance passes elementwise non-linearities
 unchanged (``m = g(z) / z``), and every parametrised affine layer ``y = W x + b`` redistributes
@@ -21,12 +30,13 @@ with ``R_x = x * W^T (R_y / (y + eps * sign(y)))``, i.e. ``m_y`` is scaled by
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from .head_ops import OpKind, classify_head
+from .head_ops import OpKind, UnsupportedHeadOpError, classify_head, norm_arguments
 
 _FLAT_TOLERANCE = 1e-6
 
@@ -53,6 +63,12 @@ class _RuleInterpreter(fx.Interpreter):
                 return getattr(self, node.op)(node.target, (t.clone(), *rest), kwargs)
 
             return self.elementwise(z, g)
+        if kind is OpKind.AFFINE and node.op == "call_method" and node.target == "detach":
+            return self.env[node.args[0]]  # the identity on values; multipliers pass through
+        if kind is OpKind.PRODUCT:
+            return self.product(node, *self.fetch_args_kwargs_from_env(node)[0])
+        if kind is OpKind.NORM:
+            return self.norm(node, self.env[node.args[0]])
         out = super().run_node(node)
         if kind is OpKind.MAX_POOL:
             self.max_pool(node, self.fetch_args_kwargs_from_env(node)[0][0])
@@ -65,6 +81,12 @@ class _RuleInterpreter(fx.Interpreter):
 
     def max_pool(self, node: fx.Node, z: torch.Tensor) -> None:
         """Max pooling keeps its gradient; subclasses may check its preconditions."""
+
+    def product(self, node: fx.Node, a, b) -> torch.Tensor:
+        raise UnsupportedHeadOpError(f"{type(self).__name__} has no rule for the product {node.name!r}")
+
+    def norm(self, node: fx.Node, v: torch.Tensor) -> torch.Tensor:
+        raise UnsupportedHeadOpError(f"{type(self).__name__} has no rule for the norm {node.name!r}")
 
     def affine_module(self, module: nn.Module, out: torch.Tensor) -> torch.Tensor:
         return out
@@ -87,6 +109,34 @@ class _RescaleInterpreter(_RuleInterpreter):
         flat = dz.abs() <= _FLAT_TOLERANCE
         m = torch.where(flat, _derivative(g, z[:half]), dy / torch.where(flat, 1.0, dz))
         return _with_multiplier(out, z, torch.cat([m, m]))
+
+    @staticmethod
+    def _halves_mean(t) -> torch.Tensor:
+        """``(t + t_ref) / 2`` for both halves of a stacked ``A``-dependent tensor (one that requires
+        grad here); a constant stays itself."""
+        if not isinstance(t, torch.Tensor) or not t.requires_grad:
+            return t
+        half = t.shape[0] // 2
+        mean = (t[:half] + t[half:]).detach() / 2
+        return torch.cat([mean, mean])
+
+    def product(self, node, a, b):
+        if node.target in (operator.truediv, torch.div, "div"):
+            b = self.elementwise(b, torch.reciprocal) if isinstance(b, torch.Tensor) else 1 / b
+        value = (a * b).detach()
+        for factor, other in ((a, b), (b, a)):
+            if isinstance(factor, torch.Tensor) and factor.requires_grad:
+                value = value + self._halves_mean(other) * (factor - factor.detach())
+        return value
+
+    def norm(self, node, v):
+        p, dim, keepdim = norm_arguments(node)
+        r = torch.linalg.vector_norm(v, 2, dim, keepdim=True)
+        half = v.shape[0] // 2
+        total = (r[:half] + r[half:]).detach()
+        m = torch.where(total > 0, (v[:half] + v[half:]).detach() / torch.where(total > 0, total, 1.0), 0.0)
+        value = torch.linalg.vector_norm(v, 2, dim, keepdim=keepdim).detach()
+        return value + ((v - v.detach()) * torch.cat([m, m])).sum(dim, keepdim=keepdim)
 
     def max_pool(self, node, z):
         reference = z[z.shape[0] // 2:].flatten(2)

@@ -47,6 +47,27 @@ class _CamTracer(fx.Tracer):
         return isinstance(module, _LEAF_TYPES) or super().is_leaf_module(module, qualified_name)
 
 
+def _trace(net: nn.Module) -> fx.Graph:
+    """The network's graph, in eval mode. A ``GraphModule`` (e.g. from ``fix_inputs``) is not traced
+    again: a copy of its own graph keeps the full module names it was traced with."""
+    if isinstance(net, fx.GraphModule):
+        graph = fx.Graph()
+        graph.output(graph.graph_copy(net.graph, {}))
+        return graph
+    with eval_mode(net):  # trace in eval mode: train-only branches (drop-connect) are not recorded
+        return _CamTracer().trace(net)
+
+
+def _check_single_input(net: nn.Module, graph: fx.Graph) -> None:
+    names = [n.target for n in graph.nodes if n.op == "placeholder"]
+    if len(names) > 1:
+        raise ValueError(
+            f"{type(net).__name__} takes {len(names)} inputs ({', '.join(names)}); CAM explains the first with "
+            f"the others fixed: cut liftcam_utils.fix_inputs(net, {', '.join(names[1:])}) instead "
+            "(or use LoadedModel.fixed(question))"
+        )
+
+
 def _call_id_to_name(call_id: str, calls_of_module: int) -> str:
     """fx names calls ``path``, ``path@1``, ...; we name them ``path@0``, ``path@1`` when ambiguous."""
     path, _, index = call_id.partition("@")
@@ -123,8 +144,8 @@ class CamSplit:
         if not isinstance(net, nn.Module):
             raise TypeError(f"split_model expects a torch.nn.Module, got {type(net).__name__}")
         self.net = net
-        with eval_mode(net):  # trace in eval mode: train-only branches (drop-connect) are not recorded
-            graph = _CamTracer().trace(net)
+        graph = _trace(net)
+        _check_single_input(net, graph)
         self._outputs = _layer_outputs(graph)
         self.layer = self._resolve(layer)
         cut = self._outputs[self.layer]

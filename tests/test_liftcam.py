@@ -91,18 +91,6 @@ def test_local_accuracy_for_each_elementwise_rule(activation):
     assert not torch.allclose(alpha, grad_input, atol=1e-3)
 
 
-class _SqueezeExcite(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        a = self.features(x)
-        gated = a * torch.sigmoid(a.mean(dim=(2, 3), keepdim=True))
-        return self.fc(gated.mean(dim=(2, 3)))
-
-
 class _Softmaxed(nn.Module):
     def __init__(self):
         super().__init__()
@@ -112,13 +100,9 @@ class _Softmaxed(nn.Module):
         return torch.softmax(self.features(x).mean(dim=(2, 3)), dim=1)
 
 
-@pytest.mark.parametrize("net, message", [
-    (_SqueezeExcite(), "2 operands that depend on the activation maps"),
-    (_Softmaxed(), "softmax"),
-])
-def test_unknown_head_op_raises(net, message):
-    split = lu.split_model(net.eval(), "features.1")
-    with pytest.raises(lu.UnsupportedHeadOpError, match=message):
+def test_unknown_head_op_raises():
+    split = lu.split_model(_Softmaxed().eval(), "features.1")
+    with pytest.raises(lu.UnsupportedHeadOpError, match="softmax"):
         lu.coefficients("liftcam", split, torch.randn(1, 3, 6, 6))
 
 

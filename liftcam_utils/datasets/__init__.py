@@ -1,5 +1,5 @@
-"""Datasets as lists of :class:`ImageRecord`: embedded real photos, generated scenes, and readers
-for the paper's ImageNet, PASCAL VOC 2007 and COCO 2014 data."""
+"""Datasets as lists of :class:`ImageRecord`: embedded real photos, generated scenes and questions,
+and readers for the paper's ImageNet, PASCAL VOC 2007, COCO 2014 and VQA v2 data."""
 
 from .catalog import DATASETS, DEFAULT_MODELS, load_dataset
 from .paper_data import (
@@ -11,8 +11,10 @@ from .paper_data import (
     read_voc2007_test,
 )
 from .records import Box, ImageRecord
+from .vqa_v2 import AnswersLeftOutWarning, read_vqa_v2
 
 __all__ = [
+    "AnswersLeftOutWarning",
     "COCO_CATEGORY_IDS",
     "COCO_CLASSES",
     "DATASETS",
@@ -24,4 +26,5 @@ __all__ = [
     "read_coco2014_val",
     "read_imagenet_val",
     "read_voc2007_test",
+    "read_vqa_v2",
 ]

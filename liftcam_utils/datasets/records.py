@@ -23,7 +23,9 @@ class Box:
 class ImageRecord:
     """One image with its class labels (several for multi-label datasets) and object boxes.
 
-    The pixels are read from ``path`` on demand, or held in ``pixels`` for generated images.
+    The pixels are read from ``path`` on demand, or held in ``pixels`` for generated images. A VQA
+    record also holds its ``question``; its label is then the answer and its boxes are the objects
+    the question is about.
     """
 
     name: str
@@ -31,6 +33,7 @@ class ImageRecord:
     boxes: tuple[Box, ...] = ()
     path: Path | None = None
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
+    question: str | None = None
 
     def __post_init__(self):
         if (self.path is None) == (self.pixels is None):

@@ -103,9 +103,11 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def _object_layer(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
-    """One object of random size, position and orientation, rasterised as a boolean H x W layer."""
-    r = rng.uniform(_MIN_SIDE, _MAX_SIDE) * size / 2
+def _object_layer(rng: np.random.Generator, shape: str, size: int,
+                  sides: tuple[float, float] = (_MIN_SIDE, _MAX_SIDE)) -> np.ndarray:
+    """One object of random size (diameter a fraction in ``sides`` of the image side), position and
+    orientation, rasterised as a boolean H x W layer."""
+    r = rng.uniform(*sides) * size / 2
     cx, cy = rng.uniform(r, size - 1 - r, size=2)
     if shape == "square":
         angle = np.pi / 4 + rng.uniform(-0.35, 0.35)  # axis-aligned up to +-20 degrees
@@ -119,7 +121,8 @@ def _object_layer(rng: np.random.Generator, shape: str, size: int) -> np.ndarray
     return np.asarray(layer) > 0
 
 
-def _bbox(layer: np.ndarray, label: int) -> Box:
+def bounding_box(layer: np.ndarray, label: int) -> Box:
+    """The :class:`Box` of a boolean layer's pixels."""
     ys, xs = np.nonzero(layer)
     return Box(label, float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
 
@@ -156,6 +159,45 @@ def _draw_distractors(rng: np.random.Generator, image: Image.Image) -> None:
 
 
 # -- scenes --------------------------------------------------------------------------------------
+def _start_scene(rng: np.random.Generator, size: int) -> Image.Image:
+    """The cluttered background of a scene, before any object is drawn."""
+    if size < 32:
+        raise ValueError(f"scene size must be at least 32 pixels, got {size}")
+    pixels = np.clip(_background(rng, size), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    _draw_distractors(rng, image)
+    return image
+
+
+def place_objects(rng: np.random.Generator, image: Image.Image, objects: list[tuple[str, tuple[int, int, int]]],
+                  sides: tuple[float, float] = (_MIN_SIDE, _MAX_SIDE)
+                  ) -> tuple[Image.Image, list[int], list[np.ndarray], np.ndarray]:
+    """Draw ``objects`` (shape, RGB colour) at random places onto ``image``, in order, each with a
+    diameter of a fraction in ``sides`` of the image side.
+
+    Returns the new image, the indices into ``objects`` of those drawn (an object that finds no place
+    where it and the others keep at least 3/4 of their area after all tries is left out), their
+    boolean layers and the H x W mask (0 = background, ``j + 1`` = visible pixels of drawn object ``j``).
+    """
+    size = image.width
+    layers: list[np.ndarray] = []
+    drawn: list[int] = []
+    for index, (shape, _colour) in enumerate(objects):
+        for _ in range(_PLACEMENT_TRIES):
+            layer = _object_layer(rng, shape, size, sides)
+            area = layer.sum()
+            if all((layer & other).sum() <= _MAX_OCCLUDED * min(area, other.sum()) for other in layers):
+                layers.append(layer)
+                drawn.append(index)
+                break
+    canvas = np.array(image)
+    mask = np.zeros((size, size), dtype=np.int64)
+    for j, (layer, index) in enumerate(zip(layers, drawn, strict=True)):
+        canvas[layer] = objects[index][1]
+        mask[layer] = j + 1
+    return Image.fromarray(canvas, "RGB"), drawn, layers, mask
+
+
 def generate_scene(seed: int, index: int, size: int = DEFAULT_SIZE
                    ) -> tuple[Image.Image, tuple[int, ...], tuple[Box, ...], np.ndarray]:
     """Scene ``index`` of the dataset ``seed``: ``(image, labels, boxes, mask)``.
@@ -164,33 +206,15 @@ def generate_scene(seed: int, index: int, size: int = DEFAULT_SIZE
     into :data:`SCENE_CLASSES` in drawing order; ``boxes[j]`` is object ``j``'s :class:`Box`; ``mask``
     is an ``int64`` H x W array, 0 = background, ``j + 1`` = visible pixels of object ``j``.
     """
-    if size < 32:
-        raise ValueError(f"scene size must be at least 32 pixels, got {size}")
     rng = np.random.default_rng([seed, index])
-    pixels = np.clip(_background(rng, size), 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels, "RGB")
-    _draw_distractors(rng, image)
-
+    image = _start_scene(rng, size)
     n_objects = int(rng.integers(1, 4))
     classes = rng.choice(len(SCENE_CLASSES), size=n_objects, replace=False)
-    layers: list[np.ndarray] = []
-    labels: list[int] = []
-    for label in classes:
-        for _ in range(_PLACEMENT_TRIES):
-            layer = _object_layer(rng, SCENE_CLASSES[label].shape, size)
-            area = layer.sum()
-            if all((layer & other).sum() <= _MAX_OCCLUDED * min(area, other.sum()) for other in layers):
-                layers.append(layer)
-                labels.append(int(label))
-                break  # an object that finds no free place after all tries is left out
-
-    canvas = np.array(image)
-    mask = np.zeros((size, size), dtype=np.int64)
-    for j, (layer, label) in enumerate(zip(layers, labels, strict=True)):
-        canvas[layer] = SCENE_CLASSES[label].colour
-        mask[layer] = j + 1
-    boxes = tuple(_bbox(layer, label) for layer, label in zip(layers, labels, strict=True))
-    return Image.fromarray(canvas, "RGB"), tuple(labels), boxes, mask
+    objects = [(SCENE_CLASSES[label].shape, SCENE_CLASSES[label].colour) for label in classes]
+    image, drawn, layers, mask = place_objects(rng, image, objects)
+    labels = [int(classes[i]) for i in drawn]
+    boxes = tuple(bounding_box(layer, label) for layer, label in zip(layers, labels, strict=True))
+    return image, tuple(labels), boxes, mask
 
 
 def scene_name(seed: int, index: int) -> str:
