@@ -3,8 +3,10 @@
 * :func:`explain`: one method on one PIL image: the map, ``alpha``, the target and the top-3 classes.
 * :class:`ShapleyStepper`: Algorithm 1 of the paper (SHAP-CAM) one ordering at a time, with its
   running estimate, the last ordering's marginal contributions and its convergence history.
+* :func:`shapley_stepper`: a stepper for one PIL image, against the exact Shapley values where they are cheap.
 * :func:`insertion_deletion_at`, :func:`keep_mask`, :func:`blended_views`: what a delta slider shows
   (Table 4's insertion and deletion curves at one delta).
+* :func:`faithfulness`: one image's IC / AD / ADD terms and insertion / deletion AUCs.
 
 :mod:`liftcam_utils.widgets` only wires these to ipywidgets.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .cam import cam_map, prepare
+from .cam import cam_map, coefficients, prepare
 from .channel_game import ChannelGame
 from .methods import METHODS
 from .methods.shapley import ordering_stream
@@ -168,6 +170,22 @@ class ShapleyStepper:
         return cam_map(alpha, self.inputs.maps, self.size)[0].cpu().numpy()
 
 
+def shapley_stepper(model, image, layer: str | None = None, seed: int = 0) -> tuple[ShapleyStepper, float | None]:
+    """A :class:`ShapleyStepper` for the PIL ``image`` at ``layer`` (the predicted class) and LIFT-CAM's cosine
+    to its reference. Where ``exact_shap`` applies (an affine head, or at most 16 maps) the reference is the
+    exact Shapley values (Eq. 6), so the stepper records SHAP-CAM's convergence to them; elsewhere there is no
+    reference and the cosine is None."""
+    split = model.split(layer)
+    x = model.preprocess(image)[None]
+    try:
+        exact = coefficients("exact_shap", split, x)[0]
+    except ValueError:  # exact_shap refuses a non-linear head with many maps
+        return ShapleyStepper(split, x, seed=seed), None
+    liftcam = coefficients("liftcam", split, x)[0]
+    cosine = float(M.cosine_similarity(liftcam.double(), exact.double()))
+    return ShapleyStepper(split, x, seed=seed, reference=exact.cpu().numpy()), cosine
+
+
 def insertion_deletion_at(curves: Mapping[str, object], delta: float,
                           deltas: torch.Tensor = M.DELTAS) -> dict[str, float]:
     """Each (K,) curve (sampled at ``deltas``) at the sampled delta nearest ``delta``.
@@ -201,6 +219,31 @@ def insertion_deletion(model, image, explanation: Explanation, absent: str = "me
     with eval_mode(model.net):
         curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline)
     return {name: curve[0].cpu().numpy() for name, curve in curves.items()}
+
+
+def faithfulness(model, image, explanation: Explanation, absent: str = "mean",
+                 curves: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """One image's faithfulness numbers for ``explanation`` on the PIL ``image``, as the evaluation computes them:
+    ``Y``, ``O``, ``D`` (the target's softmax on the image, on ``s o x`` and on ``(1 - s) o x``, Eq. 10), the
+    per-image terms of IC, AD and ADD (Eqs. 11-13) and the insertion and deletion AUCs (Table 4).
+
+    ``curves``: the image's :func:`insertion_deletion` curves, computed here when None.
+    """
+    x = model.preprocess(image)[None].to(model.device)
+    saliency = torch.as_tensor(explanation.saliency, device=x.device)[None]
+    target = torch.tensor([explanation.target], device=x.device)
+    baseline = M.baseline_image(model.preprocess, absent).to(x.device)
+    with eval_mode(model.net):
+        scores = M.confidence_scores(model.net, x, saliency, target, baseline)
+    if curves is None:
+        curves = insertion_deletion(model, image, explanation, absent)
+    numbers = {name: float(value[0]) for name, value in scores.items()}
+    numbers["IC"] = float(M.increase_in_confidence(scores["Y"], scores["O"])[0])
+    numbers["AD"] = float(M.average_drop(scores["Y"], scores["O"])[0])
+    numbers["ADD"] = float(M.average_drop_in_deletion(scores["Y"], scores["D"])[0])
+    for name in ("insertion", "deletion"):
+        numbers[f"{name}_auc"] = float(M.auc(torch.as_tensor(np.asarray(curves[name]))[None])[0])
+    return numbers
 
 
 def blended_views(model, explanation: Explanation, delta: float, absent: str = "mean"

@@ -8,8 +8,10 @@ shown there as a message, never raised into the void of a callback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import traceback
+import warnings
 
 import ipywidgets as W
 import numpy as np
@@ -73,6 +75,44 @@ def _alpha_bars(axis, alpha: np.ndarray, n_top: int = 20, title: str = "top chan
     axis.set_title(title, fontsize=9)
 
 
+def _tagged(controls: dict[str, W.Widget], out: W.Output) -> dict[str, W.Widget]:
+    """Give each control the CSS class ``liftcam-<name>`` and the map's Output ``liftcam-explanation``, so a
+    browser test finds them; returns ``controls``."""
+    for name, control in controls.items():
+        control.add_class(f"liftcam-{name}")
+    out.add_class("liftcam-explanation")
+    return controls
+
+
+def _show_explanation(out: W.Output, result: explore.Explanation, image_name: str,
+                      faithfulness: dict[str, float] | None = None, curves: dict[str, np.ndarray] | None = None,
+                      absent: str = "mean", notes: list[str] = ()) -> None:
+    """The map over the image, the largest ``alpha_k`` and the top classes; with ``faithfulness`` (from
+    :func:`~liftcam_utils.explore.faithfulness`) and its insertion / deletion ``curves``, those too; ``notes``
+    (e.g. warnings) as lines below."""
+    panels = 2 if curves is None else 3
+    figure = Figure(figsize=(9 if panels == 2 else 13, 3.4))
+    axes = figure.subplots(1, panels, gridspec_kw={"width_ratios": [1, 1.6, 1.3][:panels]})
+    _overlay(axes[0], result.image, result.saliency, f"{result.method} -> {result.target_name}")
+    _alpha_bars(axes[1], result.alpha)
+    text = f"{image_name} at {result.layer}, target {result.target_name}\n" + result.describe()
+    if curves is not None:
+        deltas = DELTAS.numpy()
+        for name, colour in (("insertion", "tab:green"), ("deletion", "tab:red")):
+            axes[2].plot(deltas, curves[name], color=colour, label=name)
+        axes[2].set_xlabel("delta (fraction of pixels)")
+        axes[2].set_ylabel(f"softmax of {result.target_name}")
+        axes[2].legend(fontsize=8)
+        axes[2].set_title("insertion / deletion (Table 4)", fontsize=9)
+    if faithfulness is not None:
+        f = faithfulness
+        text += (f"\nthis image ({absent} colour for removed pixels): IC {f['IC']:.0f}  AD {f['AD']:.1f}  "
+                 f"ADD {f['ADD']:.1f}  (Y {f['Y']:.3f}, O {f['O']:.3f}, D {f['D']:.3f})   "
+                 f"insertion AUC {f['insertion_auc']:.3f}  deletion AUC {f['deletion_auc']:.3f}")
+    text += "".join(f"\n{note}" for note in notes)
+    _show(out, figure, text)
+
+
 def method_explorer(model, records, methods=None, layers=None, options=None) -> W.VBox:
     """Dropdowns for image, method and layer; shows the map over the image, the largest ``alpha_k``
     and the predicted classes. ``options``: per method, its options, e.g. ``{"shapcam": {"n_permutations": 10}}``."""
@@ -91,12 +131,7 @@ def method_explorer(model, records, methods=None, layers=None, options=None) -> 
     def draw():
         result = explore.explain(model, records[image.value].image(), method.value, layer.value,
                                  **options.get(method.value, {}))
-        figure = Figure(figsize=(9, 3.4))
-        left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
-        _overlay(left, result.image, result.saliency, f"{method.value} -> {result.target_name}")
-        _alpha_bars(right, result.alpha)
-        _show(out, figure, f"{records[image.value].name} at {result.layer}, target {result.target_name}\n"
-                           + result.describe())
+        _show_explanation(out, result, records[image.value].name)
 
     def redraw(_change=None):
         _guarded(out, draw)
@@ -105,7 +140,7 @@ def method_explorer(model, records, methods=None, layers=None, options=None) -> 
         control.observe(redraw, names="value")
     redraw()
     widget = W.VBox([W.HBox([image, method, layer]), out])
-    widget.controls, widget.out = {"image": image, "method": method, "layer": layer}, out
+    widget.controls, widget.out = _tagged({"image": image, "method": method, "layer": layer}, out), out
     return widget
 
 
@@ -203,4 +238,138 @@ def insertion_slider(model, image, method: str = "liftcam", layer: str | None = 
     return widget
 
 
-__all__ = ["insertion_slider", "method_explorer", "output_text", "shapley_stepper_widget"]
+EXPLORER_MODELS = ("efficientnet_lite0", "shapes_vgg", "vgg16", "resnet50")
+EXPLORER_LAYERS = {"efficientnet_lite0": ["_swish@1", "_blocks.15._swish@0", "_blocks.15"]}
+EXPLORER_OPTIONS = {"shapcam": {"n_permutations": 10, "seed": 0}, "random": {"seed": 0}}
+
+
+def _unused_label(label: str, taken) -> str:
+    """``label``, or ``label (2)``, ``label (3)``, ... whichever is not in ``taken`` first."""
+    candidates = (label if i == 1 else f"{label} ({i})" for i in range(1, len(taken) + 2))
+    return next(c for c in candidates if c not in taken)
+
+
+def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None, absent: str = "mean",
+                 device=None, seed: int = 0) -> W.VBox:
+    """The course explorer: pick an image (``records``, default the embedded photos) or upload one, a model,
+    a layer (any module path may be typed; ``layers`` suggests some per model) and a method; shows the map
+    over the image, the largest ``alpha_k``, the image's IC / AD / ADD and insertion / deletion AUCs (removed
+    pixels at the ``absent`` colour), and a SHAP-CAM stepper (Algorithm 1, one ordering at a time, with seed
+    ``seed``) for the same image and layer.
+
+    Models load on first use (``device``: None picks CUDA when present). ``options``: per method, its options.
+    Bad input (an upload that is not a usable image, an unknown layer, a model whose weights are missing) is
+    shown as a message, and so are warnings (e.g. signed maps); the app keeps running.
+    """
+    from .datasets.catalog import load_dataset
+    from .methods import METHODS
+    from .metrics import ABSENT_CHOICES
+    from .models import load_model
+    from .uploads import read_uploaded_image
+
+    if absent not in ABSENT_CHOICES:
+        raise ValueError(f"absent must be one of {ABSENT_CHOICES}, got {absent!r}")
+    records = list(load_dataset("photos") if records is None else records)
+    images = {record.name: record.image for record in records}  # name -> () -> PIL image
+    layers = {**EXPLORER_LAYERS, **(layers or {})}
+    options = {**EXPLORER_OPTIONS, **(options or {})}
+    loaded = {}
+
+    image = W.Dropdown(options=list(images), description="image")
+    upload = W.FileUpload(accept="image/*", multiple=False, description="upload image", icon="")
+    model = W.Dropdown(options=list(models), description="model")
+    layer = W.Combobox(description="layer", ensure_option=False, continuous_update=False,
+                       placeholder="a module path, e.g. _blocks.15")
+    method = W.Dropdown(options=list(METHODS), value="liftcam", description="method")
+    messages, out, stepper_box = W.Output(), W.Output(), W.VBox()
+    app_is_changing = []  # non-empty while the app itself sets controls: no redraw for those changes
+
+    @contextlib.contextmanager
+    def quietly():
+        app_is_changing.append(True)
+        try:
+            yield
+        finally:
+            app_is_changing.pop()
+
+    def current_model():
+        if model.value not in loaded:
+            loaded[model.value] = load_model(model.value, device=device)
+        return loaded[model.value]
+
+    def build_stepper(net, picture):
+        stepper, cosine = explore.shapley_stepper(net, picture, layer.value or None, seed)
+        stepper_box.children = (shapley_stepper_widget(stepper, reference_cosine=cosine),)
+
+    def draw(rebuild_stepper: bool):
+        if rebuild_stepper:
+            stepper_box.children = ()
+        net, picture = current_model(), images[image.value]()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)  # e.g. SignedActivationsWarning: shown with the map
+            result = explore.explain(net, picture, method.value, layer.value or None,
+                                     **options.get(method.value, {}))
+        curves = explore.insertion_deletion(net, picture, result, absent)
+        numbers = explore.faithfulness(net, picture, result, absent, curves)
+        notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+        _show_explanation(out, result, image.value, numbers, curves, absent, notes)
+        if rebuild_stepper:
+            notice = W.Output()
+            stepper_box.children = (notice,)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the same warnings as above, already shown
+                _guarded(notice, lambda: build_stepper(net, picture))
+
+    def redraw(rebuild_stepper: bool):
+        if not app_is_changing:
+            _guarded(out, lambda: draw(rebuild_stepper))
+
+    def on_model(_change=None):
+        def switch():
+            stepper_box.children = ()
+            net = current_model()
+            with quietly():
+                layer.options = list(dict.fromkeys([net.layer, *layers.get(net.name, [])]))
+                layer.value = net.layer
+            draw(rebuild_stepper=True)
+        _guarded(out, switch)
+
+    def on_upload(change):
+        if not change["new"]:
+            return  # the app cleared the upload
+        uploaded = change["new"][0]
+        name = uploaded["name"]
+
+        def accept():
+            picture, notes = read_uploaded_image(uploaded["content"], name)
+            label = _unused_label(f"upload: {name}", images)
+            images[label] = lambda: picture
+            _show(messages, text=f"{label}: {picture.width} x {picture.height} pixels"
+                                 + "".join(f"\n  {note}" for note in notes))
+            with quietly():
+                image.options = list(images)
+            image.value = label
+
+        _guarded(messages, accept)
+        upload.value = ()
+
+    image.observe(lambda _change: redraw(rebuild_stepper=True), names="value")
+    layer.observe(lambda _change: redraw(rebuild_stepper=True), names="value")
+    method.observe(lambda _change: redraw(rebuild_stepper=False), names="value")
+    model.observe(on_model, names="value")
+    upload.observe(on_upload, names="value")
+    on_model()
+    stepper_title = W.HTML("<b>SHAP-CAM, one ordering at a time</b> (Algorithm 1; the same image, model and layer)")
+    widget = W.VBox([W.HBox([image, upload]), W.HBox([model, layer, method]), messages, out, stepper_title,
+                     stepper_box])
+    controls = {"image": image, "upload": upload, "model": model, "layer": layer, "method": method}
+    widget.controls, widget.out = _tagged(controls, out), out
+    widget.messages, widget.stepper_box = messages, stepper_box
+    messages.add_class("liftcam-messages")
+    stepper_box.add_class("liftcam-stepper")
+    return widget
+
+
+__all__ = [
+    "EXPLORER_MODELS", "explorer_app", "insertion_slider", "method_explorer", "output_text", "shapley_stepper_widget",
+]

@@ -58,6 +58,18 @@ class VqaSet:
         return len(self.records)
 
 
+_TYPE_PREFIXES = {"what color is the": "colour", "what shape is the": "shape", "is there a": "exists",
+                  "how many objects": "count", "how many": "count_colour"}
+
+
+def question_type(question: str) -> str:
+    """The :data:`QUESTION_TYPES` entry of one of this task's questions."""
+    for prefix, kind in _TYPE_PREFIXES.items():
+        if question.startswith(prefix):
+            return kind
+    raise ValueError(f"{question!r} is not a question of the synthetic VQA task")
+
+
 def _questions(rng: np.random.Generator, objects: list[tuple[str, str]]) -> list[Question]:
     """The questions one scene's objects (shape, colour name) answer."""
     shapes = [shape for shape, _ in objects]

@@ -1,0 +1,217 @@
+"""End to end, in headless Chromium: the explorer served by Voila and notebook 00's explorer in JupyterLab.
+
+Each test changes a control as a reader would and asserts that the rendered map (a PNG in the page) changed
+pixel for pixel, that bad input is answered by a message in the page, that the browser console shows no error,
+and that no request leaves the loopback interface. Screenshots go to ``results/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from browser_servers import CHROMIUM, CHROMIUM_ARGS, REPO, jupyter_lab, status, voila
+from PIL import Image
+
+from liftcam_utils.files import write_atomically
+
+pytestmark = pytest.mark.e2e
+SCREENSHOTS = REPO / "results" / "screenshots"
+WAIT_MS = 240_000  # one redraw is seconds on a free 2-core CPU; shared CPUs can make it minutes
+MAP = ".liftcam-explanation img"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium)")
+    for stale in SCREENSHOTS.glob("FAILED_*.png"):
+        stale.unlink()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Watched:
+    """A page whose console errors, uncaught exceptions and non-loopback requests are recorded."""
+
+    def __init__(self, browser, height: int = 1000):
+        self.page = browser.new_page(viewport={"width": 1400, "height": height})
+        self.problems: list[str] = []
+        self.page.on("console", lambda message: message.type == "error"
+                     and self.problems.append(f"console error: {message.text}"))
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.page.on("request", self._check_host)
+
+    def _check_host(self, request):
+        address = urlsplit(request.url)
+        if address.scheme not in ("data", "blob") and address.hostname != "127.0.0.1":
+            self.problems.append(f"request outside loopback: {request.url}")
+
+    def screenshot(self, name: str) -> None:
+        picture = self.page.screenshot(full_page=True)
+        write_atomically(SCREENSHOTS / name, lambda path: Path(path).write_bytes(picture))
+
+    @contextlib.contextmanager
+    def screenshot_on_failure(self, name: str):
+        """On any failure inside, save the page as ``FAILED_<name>`` before the error propagates."""
+        try:
+            yield
+        except BaseException:
+            self.screenshot(f"FAILED_{name}")
+            raise
+
+
+def rendered_map(page) -> np.ndarray:
+    """The pixels of the figure (map over the image, bar chart, ...) the page shows now."""
+    source = page.locator(MAP).first.get_attribute("src")
+    assert source.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
+
+
+def change_and_wait_for_new_map(page, change) -> tuple[np.ndarray, np.ndarray]:
+    """The map before and after ``change()``: waits until the page shows a different PNG."""
+    page.locator(MAP).first.wait_for(state="attached", timeout=WAIT_MS)
+    before_source = page.locator(MAP).first.get_attribute("src")
+    before = rendered_map(page)
+    change()
+    page.wait_for_function("([selector, old]) => { const image = document.querySelector(selector);"
+                           " return image !== null && image.src !== old; }",
+                           arg=[MAP, before_source], timeout=WAIT_MS)
+    return before, rendered_map(page)
+
+
+def assert_changed(before: np.ndarray, after: np.ndarray) -> None:
+    """The map itself changed: over 1% of the pixels differ in the figure's top-left corner, which the map over
+    the image fills (its first panel; the figures are cropped tightly, so the corner stays put)."""
+    height = min(before.shape[0], after.shape[0])
+    width = int(0.15 * min(before.shape[1], after.shape[1]))
+    corner = (slice(0, height), slice(0, width))
+    changed = np.abs(before[corner].astype(int) - after[corner].astype(int)).max(axis=-1) > 0
+    assert changed.mean() > 0.01, f"only {changed.mean():.2%} of the map's pixels changed"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(page, name: str, content: bytes) -> None:
+    """Choose a file in the explorer's upload button's file dialog."""
+    with page.expect_file_chooser(timeout=WAIT_MS) as chooser:
+        page.locator(".liftcam-upload").click()
+    chooser.value.set_files(files=[{"name": name, "mimeType": "application/octet-stream", "buffer": content}])
+
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("voila")
+    server = voila(folder, REPO / "apps" / "explorer.ipynb")
+    try:
+        yield server.start(server.base + "/login")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("jupyterlab")
+    root = folder / "root"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(REPO / "notebooks" / "00_quickstart.ipynb", root / "notebooks")  # JupyterLab may save its copy
+    server = jupyter_lab(folder, root)
+    try:
+        yield server.start(server.url("/api/status"))
+    finally:
+        server.stop()
+
+
+def test_explorer_in_voila(explorer, browser):
+    assert status(explorer.base + "/") == 302, "Voila must send a reader without the token to its login page"
+    watched = Watched(browser, height=1750)  # the whole app: Voila scrolls inside the page
+    page = watched.page
+    with watched.screenshot_on_failure("explorer_voila.png"):
+        page.goto(explorer.url("/"), wait_until="commit", timeout=WAIT_MS)
+        page.locator(MAP).first.wait_for(timeout=WAIT_MS)
+        text = page.locator(".liftcam-explanation")
+        assert "at _swish@1, target" in text.inner_text() and "insertion AUC" in text.inner_text()
+        watched.screenshot("explorer_voila.png")
+
+        before, after = change_and_wait_for_new_map(page, lambda: page.locator(".liftcam-method select")
+                                                    .select_option("gradcam"))
+        assert_changed(before, after)
+
+        stepper = page.locator(".liftcam-stepper")
+        stepper.get_by_role("button", name="next ordering").click()
+        page.wait_for_function("() => document.querySelector('.liftcam-stepper').innerText.includes('orderings: 1 ')",
+                               timeout=WAIT_MS)
+        stepper.locator("img").first.wait_for(timeout=WAIT_MS)
+        watched.screenshot("explorer_shapcam_step.png")
+
+        messages = page.locator(".liftcam-messages")
+        upload(page, "notes.txt", b"not an image")
+        messages.get_by_text("'notes.txt' is not an image").wait_for(timeout=WAIT_MS)
+        watched.screenshot("explorer_bad_upload.png")
+        upload(page, "huge.png", png_bytes(Image.new("RGB", (9000, 1000))))
+        messages.get_by_text("'huge.png' is 9000 x 1000 pixels").wait_for(timeout=WAIT_MS)
+
+        gray = Image.fromarray(np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1)))
+        before, after = change_and_wait_for_new_map(page, lambda: upload(page, "gray.png", png_bytes(gray)))
+        assert_changed(before, after)
+        assert "grayscale image (mode L) converted to RGB" in messages.inner_text()
+        assert "upload: gray.png at _swish@1" in text.inner_text()
+
+        layer = page.locator(".liftcam-layer input")
+        layer.fill("no_such_layer")
+        layer.press("Enter")
+        text.get_by_text("unknown layer 'no_such_layer'").wait_for(timeout=WAIT_MS)
+        assert page.locator(MAP).count() == 0
+        watched.screenshot("explorer_bad_layer.png")
+        layer.fill("_blocks.15._swish@0")  # the app keeps running: a valid layer draws again
+        layer.press("Enter")
+        page.locator(MAP).first.wait_for(timeout=WAIT_MS)
+        assert "upload: gray.png at _blocks.15._swish@0" in text.inner_text()
+    assert watched.problems == []
+
+
+def test_quickstart_explorer_in_jupyterlab(lab, browser):
+    assert status(lab.base + "/api/status") == 403, "JupyterLab must refuse a request without the token"
+    watched = Watched(browser)
+    page = watched.page
+    with watched.screenshot_on_failure("quickstart_jupyterlab.png"):
+        page.goto(lab.url("/lab/tree/notebooks/00_quickstart.ipynb"), wait_until="domcontentloaded",
+                  timeout=WAIT_MS)
+        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=WAIT_MS)
+        page.locator(".jp-StatusBar-TextItem", has_text="Python 3 (ipykernel) | Idle").first.wait_for(timeout=WAIT_MS)
+        # run what the explorer cell needs, as a reader would: parameters, data, model (cells 1, 2, 4), then cell 13
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.keyboard.press("Escape")
+        for _ in range(5):
+            page.keyboard.press("Shift+Enter")
+        for _ in range(8):
+            page.keyboard.press("j")
+        cell = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
+        assert "method_explorer(net, records" in cell.locator(".jp-InputArea-editor").first.inner_text()
+        page.keyboard.press("Control+Enter")
+        # JupyterLab skips rendering cells out of view: wait for the map to exist, then look at it
+        cell.locator(MAP).first.wait_for(state="attached", timeout=WAIT_MS)
+        cell.locator(MAP).first.scroll_into_view_if_needed()
+        before, after = change_and_wait_for_new_map(page, lambda: cell.locator(".liftcam-method select")
+                                                    .select_option("gradcam"))
+        assert_changed(before, after)
+        assert cell.locator(".liftcam-method select").input_value() == "gradcam"
+        cell.locator(MAP).first.scroll_into_view_if_needed()
+        watched.screenshot("quickstart_jupyterlab.png")
+    assert watched.problems == []

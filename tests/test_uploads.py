@@ -1,0 +1,114 @@
+"""Uploaded images (liftcam_utils.uploads): refused with a message naming the problem, or converted to RGB
+with a note, checked pixel by pixel."""
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from liftcam_utils.uploads import MAX_PIXELS, MAX_SIDE, read_uploaded_image
+
+
+def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def bmp_claiming(width: int, height: int) -> bytes:
+    """A 1 x 1 BMP whose header claims ``width`` x ``height`` (its pixel data is far too short for that)."""
+    data = bytearray(encoded(Image.new("RGB", (1, 1)), "BMP"))
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+def test_rgb_passes_unchanged():
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    image, notes = read_uploaded_image(encoded(Image.fromarray(pixels)), "photo.png")
+    assert notes == [] and image.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(image), pixels)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "'f' is empty"),
+    (b"just some text, no image", "'f' is not an image this app can read; upload a PNG, JPEG"),
+    (encoded(Image.new("RGB", (64, 64)), "JPEG")[:300], "'f' is a damaged"),
+])
+def test_not_an_image(content, message):
+    with pytest.raises(ValueError, match=message):
+        read_uploaded_image(content, "f")
+
+
+def test_size_limits():
+    with pytest.raises(ValueError, match=f"'big.png' is {MAX_SIDE + 1} x 10 pixels; images up to {MAX_SIDE}"):
+        read_uploaded_image(encoded(Image.new("L", (MAX_SIDE + 1, 10))), "big.png")
+    side = int(MAX_PIXELS ** 0.5) + 1  # under MAX_SIDE, over MAX_PIXELS in all
+    with pytest.raises(ValueError, match="20 megapixels"):
+        read_uploaded_image(encoded(Image.new("L", (side, side))), "big.png")
+    image, _ = read_uploaded_image(encoded(Image.new("L", (MAX_SIDE, 1000))), "edge.png")  # at the limit: accepted
+    assert image.size == (MAX_SIDE, 1000)
+    with pytest.raises(ValueError, match="'strip.png' is 2000 x 100 pixels; aspect ratios up to 10:1"):
+        read_uploaded_image(encoded(Image.new("RGB", (2000, 100))), "strip.png")
+
+
+def test_size_is_checked_before_decoding():
+    # the header alone decides: decoding these would fail as damaged files, so a size message proves the order
+    with pytest.raises(ValueError, match="'claims.bmp' is 9000 x 9000 pixels"):
+        read_uploaded_image(bmp_claiming(9000, 9000), "claims.bmp")
+    with pytest.raises(ValueError, match="'bomb.bmp' is far too large to decode"):  # Pillow's bomb guard
+        read_uploaded_image(bmp_claiming(40000, 40000), "bomb.bmp")
+    with pytest.raises(ValueError, match="'short.bmp' is a damaged BMP file"):
+        read_uploaded_image(bmp_claiming(50, 40), "short.bmp")
+
+
+def test_grayscale_becomes_rgb_with_the_same_values():
+    gray = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (8, 1))
+    image, notes = read_uploaded_image(encoded(Image.fromarray(gray)), "gray.png")
+    assert notes == ["grayscale image (mode L) converted to RGB"]
+    rgb = np.asarray(image)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], gray)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (255, 0, 0, 0)  # fully transparent red: white
+    rgba[0, 1] = (0, 0, 255, 255)  # opaque blue: blue
+    rgba[1, 0] = (255, 0, 0, 128)  # half transparent red: 255 * (1 - 128/255) = 127 in green and blue
+    rgba[1, 1] = (10, 20, 30, 255)
+    image, notes = read_uploaded_image(encoded(Image.fromarray(rgba)), "icon.png")
+    assert notes == ["RGBA image: transparent pixels composited on white, converted to RGB"]
+    rgb = np.asarray(image).astype(int)
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[0, 1].tolist() == [0, 0, 255]
+    assert rgb[1, 1].tolist() == [10, 20, 30]
+    assert rgb[1, 0, 0] == 255 and np.abs(rgb[1, 0, 1:] - 127).max() <= 1
+    _, notes = read_uploaded_image(encoded(Image.fromarray(rgba[..., [0, 3]], mode="LA")), "la.png")
+    assert notes[0].startswith("LA image: transparent pixels composited on white")
+
+
+def test_other_modes():
+    wide = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63000 in a 16-bit PNG
+    image, notes = read_uploaded_image(encoded(Image.fromarray(wide)), "depth.png")
+    assert notes == ["I;16 grayscale image: its range [0, 63000] mapped to [0, 255], converted to RGB"]
+    red = np.asarray(image)[..., 0].astype(int)
+    assert red.min() == 0 and red.max() == 255 and (np.diff(red.reshape(-1)) >= 0).all()
+    _, notes = read_uploaded_image(encoded(Image.new("CMYK", (8, 8)), "JPEG"), "print.jpg")
+    assert notes == ["CMYK image (mode CMYK) converted to RGB"]
+
+
+def test_animation_keeps_its_first_frame():
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    content = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    image, notes = read_uploaded_image(content, "anim.gif")
+    assert notes[0] == "animated image: the first of its 3 frames is used"
+    assert np.asarray(image)[8, 8].tolist() == [255, 0, 0]
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to display
+    picture = Image.new("RGB", (40, 20), (200, 200, 200))
+    image, notes = read_uploaded_image(encoded(picture, "JPEG", exif=exif), "phone.jpg")
+    assert image.size == (20, 40) and notes == ["rotated as its EXIF orientation says"]
