@@ -11,6 +11,13 @@ convolutions) up to the next non-linearity; ``R`` is the rest. Zeroing channel `
 and ``F^c(h_A(S)) = R(base + sum_{k in S} D_k)[c]``. The ``D_k`` are computed once per image;
 each coalition then costs a sum and one evaluation of ``R`` only. Heads without this structure
 (e.g. a squeeze-and-excitation gate before the first mixing op) are evaluated in full.
+
+When ``M`` is pointwise (1 x 1 convolutions, batch norms: the same affine map ``z = W' u + b'`` of
+the channel vector ``u`` at every position ``p``), ``D_k(j, p) = W'_{jk} (P(A)_k(p) - P(0)_k(p))``
+is one outer product: ``W'`` comes from one evaluation of ``M`` on the N unit vectors, ``P`` runs
+twice, and the N evaluations of ``M o P`` are never needed. The affine ops after ``R``'s last
+non-linearity (average pooling, the final linear layer) fold into one vector per target class, so
+the end of ``R`` is one matrix-vector product.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ _CHANNELWISE_MODULES = (
     nn.AdaptiveAvgPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.ZeroPad2d, nn.Flatten,
 )
 _MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_POINTWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Identity, nn.Dropout, nn.Dropout1d,
+                      nn.Dropout2d, nn.Dropout3d)
+# A power of two: probing M with it and dividing by it is exact.
+_PROBE = 2.0**12
+# Float32 sums of N rows stay far inside this fraction of their magnitude; moved values do not.
+_POINTWISE_TOLERANCE = 1e-4
 _CHANNELWISE_CALLS = {"flatten", "view", "reshape", "contiguous", "clone", "adaptive_avg_pool2d", "avg_pool2d",
                       "dropout"}
 
@@ -74,36 +87,119 @@ def _mixing_end(head: fx.GraphModule) -> str | None:
     return mixing_end
 
 
+def _is_pointwise(module: nn.Module) -> bool:
+    """True for modules that apply one affine map to the channel vector at every position."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        no_padding = isinstance(module.padding, str) or not any(module.padding)  # 'same' of a 1 x 1 kernel is 0
+        return (module.groups == 1 and no_padding and all(k == 1 for k in module.kernel_size)
+                and all(s == 1 for s in module.stride))
+    return isinstance(module, _POINTWISE_MODULES)
+
+
+def _pointwise_parts(mix: fx.GraphModule) -> tuple[fx.GraphModule | None, fx.GraphModule] | None:
+    """``(P, M)`` as two modules when ``M`` is pointwise (``P`` is None when it is the identity), else None."""
+    nodes = [n for n in mix.graph.nodes if n.op not in ("placeholder", "output")]
+    first = next(i for i, n in enumerate(nodes) if n.op == "call_module"
+                 and isinstance(mix.get_submodule(n.target), _MIXING_MODULES)
+                 and not _is_depthwise(mix.get_submodule(n.target)))
+    if not all(n.op == "call_module" and _is_pointwise(mix.get_submodule(n.target)) for n in nodes[first:]):
+        return None
+    feed = nodes[first].args[0]
+    if feed.op == "placeholder":
+        return None, mix
+    if feed.op != "call_module":
+        return None
+    try:
+        cut = CamSplit(mix, feed.target, require_maps=False)
+    except ValueError:  # e.g. the module is called twice
+        return None
+    return cut.body, cut.head
+
+
 @dataclass(frozen=True)
 class HeadFactors:
-    """``F = R o M o P`` with ``mix = M o P``; when ``R`` ends in a linear layer, ``rest`` stops before
-    it and ``readout`` holds it, so that only the target's row of its weight is ever applied."""
+    """``F = R o M o P`` with ``mix = M o P``. When the ops after ``R``'s last non-linearity are affine
+    (average pooling, reshapes, the final linear layer), ``rest`` stops at that non-linearity and
+    ``tail`` holds the affine ops, which :meth:`readout` folds into one vector per target class.
+    ``pointwise`` holds ``(P, M)`` apart when ``M`` is pointwise (``P`` None for the identity)."""
 
     mix: fx.GraphModule
     rest: fx.GraphModule
-    readout: nn.Linear | None
+    tail: fx.GraphModule | None
+    pointwise: tuple[fx.GraphModule | None, fx.GraphModule] | None
 
-    def target_logits(self, mixed: torch.Tensor, target: int) -> torch.Tensor:
-        """``F^c`` for a batch of ``M``'s outputs: (B, ...) -> (B,)."""
+    def readout(self, mixed: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(w, b)`` with ``tail(h)[c] = w . h + b`` for every output ``h`` of ``rest`` (``mixed``: one of
+        ``M``'s outputs, for the shape), or None without a tail. ``w`` is the gradient of the affine
+        tail, ``b`` its value at 0."""
+        if self.tail is None:
+            return None
+        with torch.enable_grad():
+            hidden = torch.zeros_like(self.rest(mixed[None])).requires_grad_()
+            logit = self.tail(hidden)[0, target]
+            (weight,) = torch.autograd.grad(logit, hidden)
+        return weight.flatten(), logit.detach()
+
+    def target_logits(self, mixed: torch.Tensor, target: int,
+                      readout: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """``F^c`` for a batch of ``M``'s outputs: (B, ...) -> (B,), with ``readout`` from :meth:`readout`."""
         hidden = self.rest(mixed)
-        if self.readout is None:
+        if readout is None:
             return hidden[:, target]
-        logit = hidden @ self.readout.weight[target]
-        return logit if self.readout.bias is None else logit + self.readout.bias[target]
+        weight, bias = readout
+        return torch.addmv(bias, hidden.flatten(1), weight)
+
+    @torch.no_grad()
+    def contributions(self, maps: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``M(P(0))``, ``M(P(A))`` and the rows ``D_k`` (N, size of M's output) for the maps ``A`` (N, ...).
+
+        From one outer product per channel when ``M`` is pointwise, else from N evaluations of
+        ``M o P``, ``batch_size`` at a time.
+        """
+        base = self.mix(torch.zeros_like(maps)[None])[0]
+        full = self.mix(maps[None])[0]
+        rows = None if self.pointwise is None else self._outer_product_rows(maps, base, full)
+        if rows is None:
+            rows = self._evaluated_rows(maps, base, batch_size)
+        return base, full, rows
+
+    def _evaluated_rows(self, maps: torch.Tensor, base: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``D_k = M(P(A e_k)) - M(P(0))``, evaluated."""
+        n = maps.shape[0]
+        units = torch.eye(n, device=maps.device, dtype=maps.dtype).view(n, n, *[1] * (maps.dim() - 1))
+        return torch.cat([(self.mix(maps[None] * units[start:start + batch_size]) - base).flatten(1)
+                          for start in range(0, n, batch_size)])
+
+    def _outer_product_rows(self, maps: torch.Tensor, base: torch.Tensor, full: torch.Tensor) -> torch.Tensor | None:
+        """``D_k(j, p) = W'_{jk} (P(A)_k(p) - P(0)_k(p))`` for a pointwise ``M``, or None when the rows
+        do not add up to ``M(P(A)) - M(P(0))`` (a 1 x 1 convolution whose own forward moves values
+        between positions is not pointwise)."""
+        channelwise, pointwise = self.pointwise
+        zeros = torch.zeros_like(maps)[None]
+        change = maps if channelwise is None else (channelwise(maps[None]) - channelwise(zeros))[0]
+        n = maps.shape[0]
+        # M(s e_k) - M(0) = s W'[:, k]; a large s keeps the rounding of M's constant b' out of W'
+        probes = torch.eye(n, device=maps.device, dtype=maps.dtype).view(n, n, *[1] * (change.dim() - 1)) * _PROBE
+        weights = ((pointwise(probes) - pointwise(torch.zeros_like(probes[:1]))) / _PROBE).flatten(1)  # row k: W'[:, k]
+        rows = (weights[:, :, None] * change.flatten(1)[:, None, :]).flatten(1)
+        if rows.shape[1] != base.numel():
+            return None
+        scale = (base.abs().flatten() + rows.abs().sum(0)).max()
+        error = (base.flatten() + rows.sum(0) - full.flatten()).abs().max()
+        return rows if error <= _POINTWISE_TOLERANCE * scale else None
 
 
-def _split_off_readout(rest: fx.GraphModule) -> tuple[fx.GraphModule, nn.Linear | None]:
-    output = next(n for n in rest.graph.nodes if n.op == "output").args[0]
-    if output.op != "call_module" or not isinstance(rest.get_submodule(output.target), nn.Linear):
-        return rest, None
-    before = output.args[0]
-    if not isinstance(before, fx.Node) or before.op != "call_module":
+def _split_off_affine_tail(rest: fx.GraphModule) -> tuple[fx.GraphModule, fx.GraphModule | None]:
+    """``rest`` cut after its last non-linear op (a module call), if the ops after it are affine."""
+    kinds = classify_head(rest)
+    nonlinear = [node for node, kind in kinds.items() if kind not in (OpKind.AFFINE, OpKind.METADATA)]
+    if not nonlinear or nonlinear[-1].op != "call_module":
         return rest, None
     try:
-        hidden = CamSplit(rest, before.target, require_maps=False)
-    except ValueError:
+        cut = CamSplit(rest, nonlinear[-1].target, require_maps=False)
+    except ValueError:  # e.g. the module is called twice
         return rest, None
-    return hidden.body, rest.get_submodule(output.target)
+    return cut.body, cut.head
 
 
 def factor_head(head: fx.GraphModule) -> HeadFactors | None:
@@ -114,7 +210,7 @@ def factor_head(head: fx.GraphModule) -> HeadFactors | None:
         if name is not None:
             try:
                 cut = CamSplit(head, name, require_maps=False)
-                factors = HeadFactors(cut.body, *_split_off_readout(cut.head))
+                factors = HeadFactors(cut.body, *_split_off_affine_tail(cut.head), _pointwise_parts(cut.body))
             except ValueError:  # e.g. M is called twice, or R reads values from before M
                 factors = None
         _cache[head] = factors

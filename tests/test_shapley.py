@@ -93,8 +93,10 @@ def test_shapcam_converges_to_exact_shapley(tiny, x):
 def test_shapcam_is_seeded_and_independent_of_batch_size(lite0, images):
     split = lite0.split("_blocks.15._swish@0")  # non-linear head, 1152 channels
     first = lu.coefficients("shapcam", split, images[:1], n_permutations=2, seed=11)
-    again = lu.coefficients("shapcam", split, images[:1], n_permutations=2, seed=11, batch_size=97)
-    torch.testing.assert_close(first, again, rtol=1e-5, atol=1e-6)
+    again = lu.coefficients("shapcam", split, images[:1], n_permutations=2, seed=11, batch_size=5)
+    # batch_size=5: prefix chunks of 5 steps instead of 16. The running sums are the same float operations;
+    # the readout of 5 rows instead of 16 may round a logit (|F| ~ 10, float32 spacing ~1e-6) differently.
+    torch.testing.assert_close(first, again, rtol=1e-5, atol=4e-6)
     other = lu.coefficients("shapcam", split, images[:1], n_permutations=2, seed=12)
     assert not torch.allclose(first, other)
     full, empty, _ = head_values(split, images[:1])

@@ -54,7 +54,8 @@ def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0, batch_siz
 
     Along an ordering ``pi`` the prefixes ``{pi(1..i)}`` are evaluated once each, so one ordering
     costs N - 1 head evaluations (the empty and full coalitions are shared by all orderings), not
-    the 2N of a literal reading of Algorithm 1. ``antithetic=True`` pairs each random ordering with
+    the 2N of a literal reading of Algorithm 1; ``ChannelGame.orderings_per_batch`` orderings are
+    evaluated together. ``antithetic=True`` pairs each random ordering with
     its reverse (:func:`antithetic_orderings`): the same estimator of Eq. 6 with less variance; the
     default is Algorithm 1's independent orderings.
     """
@@ -65,8 +66,8 @@ def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0, batch_siz
     alpha = torch.zeros(inputs.maps.shape[:2], dtype=torch.float64)
     for b in range(inputs.maps.shape[0]):
         game = ChannelGame.of(inputs, b, batch_size)
-        for ordering in orderings:
-            alpha[b] += game.marginals(ordering)
+        for group in orderings.split(game.orderings_per_batch):
+            alpha[b] += game.marginals(group).sum(0)
     return (alpha / n_permutations).to(device=inputs.maps.device, dtype=inputs.maps.dtype)
 
 
