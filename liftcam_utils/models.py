@@ -14,7 +14,7 @@
   ``python -m liftcam_utils.shapes_vgg --out data/shapes_vgg.pt``. Default layer ``"features.14"``.
 * ``"shapes_vqa"``: the basic VQA model (image CNN + question LSTM, product fusion) trained on our
   synthetic VQA task (:mod:`liftcam_utils.vqa_model`); weights in ``data/shapes_vqa.pt``. Default
-  layer ``"img_encoder.model.features.14"`` (128 x 8 x 8). Explain it with a question fixed:
+  layer ``"img_encoder.model.features.20"`` (128 x 8 x 8). Explain it with a question fixed:
   ``load_model("shapes_vqa").fixed("what color is the star?")``.
 * ``"basic_vqa"``: a checkpoint of the public basic VQA implementation the paper explains (VGG19 image
   encoder): ``weights`` is the ``.ckpt`` file, with its ``vocab_questions.txt`` and ``vocab_answers.txt``

@@ -10,7 +10,7 @@ import liftcam_utils as lu
 from liftcam_utils.fixed_inputs import fix_inputs
 from liftcam_utils.vqa_model import question_vocabulary, shapes_vqa_net
 
-LAYER = "img_encoder.model.features.14"
+LAYER = "img_encoder.model.features.20"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_splitting_a_two_input_network_says_how_to_fix_the_question(vqa_net):
         lu.split_model(vqa_net, LAYER)
 
 
-@pytest.mark.parametrize("layer", [LAYER, "img_encoder.model.features.10"])
+@pytest.mark.parametrize("layer", [LAYER, "img_encoder.model.features.13"])
 def test_liftcam_local_accuracy_through_the_vqa_head(vqa_net, layer):
     """Eq. 8 through conv, max-pool, FC, L2 normalisation, the product with the question and tanh."""
     split = lu.split_model(fix_inputs(vqa_net, _question()), layer)
