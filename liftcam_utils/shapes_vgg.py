@@ -37,6 +37,7 @@ from torchvision import transforms
 from .datasets.synthetic_scenes import DEFAULT_SIZE, SCENE_CLASSES, make_scenes, multi_hot
 from .files import write_atomically
 from .models import default_device, load_state_dict_file
+from .training import train_epochs
 
 SHAPES_VGG_LAYER = "features.14"  # the ReLU after the last conv layer (and its BN)
 SHAPES_IMAGE_SIZE = DEFAULT_SIZE
@@ -178,33 +179,23 @@ def train_shapes_vgg(n_train: int = DEFAULT_TRAINING["n_train"], n_val: int = DE
     log(f"data: {n_train} training + {n_val} held-out scenes in {time.perf_counter() - start:.1f} s")
 
     net = ShapesVGG(train_y.shape[1], image_size=image_size)
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    steps = epochs * -(-n_train // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(steps, 1),
-                                                   pct_start=0.15)
     loss_fn = nn.BCEWithLogitsLoss()
-    losses = []
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(n_train, generator=generator)
-        total = 0.0
-        for i in range(0, n_train, batch_size):
-            batch = order[i:i + batch_size]
-            x = _normalise(train_x[batch])
-            flip = torch.rand(len(batch), generator=generator) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            loss = loss_fn(net(x), train_y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        losses.append(total / n_train)
-        message = f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f}"
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        x = _normalise(train_x[batch])
+        flip = torch.rand(len(batch), generator=generator) < 0.5
+        return loss_fn(net(torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)), train_y[batch])
+
+    def report(epoch: int, loss: float) -> None:
+        message = f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}"
         if n_val:
             metrics = evaluate(net, val_x, val_y)
             message += f", held-out mAP {metrics['mAP']:.4f}, exact match {metrics['exact_match']:.3f}"
         log(f"{message} ({time.perf_counter() - start:.0f} s)")
+
+    net.train()
+    losses = train_epochs(net.parameters(), n_train, epochs, batch_size, lr, generator, batch_loss, report,
+                          pct_start=0.15)
     net.eval()
     metrics = evaluate(net, val_x, val_y) if n_val else {"mAP": float("nan"), "exact_match": float("nan")}
     metrics.update(losses=losses, seconds=time.perf_counter() - start, n_train=n_train, n_val=n_val,

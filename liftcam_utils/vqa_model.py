@@ -47,6 +47,7 @@ from .datasets.synthetic_vqa import (
 )
 from .files import write_atomically
 from .models import default_device, load_state_dict_file
+from .training import train_epochs
 
 SHAPES_VQA_LAYER = "img_encoder.model.features.20"  # the ReLU after the last conv layer, 128 x 8 x 8
 VAL_SEED_OFFSET = 10_000  # held-out scenes come from dataset seed ``seed + VAL_SEED_OFFSET``
@@ -240,12 +241,6 @@ def answer_accuracy(net: VqaModel, data: dict[str, torch.Tensor]) -> dict[str, f
 
 
 # -- training ------------------------------------------------------------------------------------
-def _one_cycle(parameters, lr: float, steps: int):
-    optimiser = torch.optim.Adam(parameters, lr=lr)
-    return optimiser, torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(steps, 1),
-                                                          pct_start=0.2)
-
-
 def pretrain_features(model: SmallVGG, data: dict[str, torch.Tensor], epochs: int, generator: torch.Generator,
                       log: Callable[[str], None], batch_size: int = 128, lr: float = 3e-3) -> list[float]:
     """Stage 1: train the conv layers ``features`` with two probes: a 1 x 1 conv on the 8 x 8 maps that
@@ -255,29 +250,19 @@ def pretrain_features(model: SmallVGG, data: dict[str, torch.Tensor], epochs: in
     start = time.perf_counter()
     pairs = len(SHAPES) * len(COLOURS)
     cell_probe, scene_probe = nn.Conv2d(model.width, 1 + pairs, 1), nn.Linear(model.width, pairs)
-    n = len(data["images"])
-    parameters = [*model.features.parameters(), *cell_probe.parameters(), *scene_probe.parameters()]
-    optimiser, schedule = _one_cycle(parameters, lr, epochs * -(-n // batch_size))
     cell_loss, scene_loss = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss()
-    losses = []
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        maps = model.features(_normalise(data["images"][batch]))
+        cells = data["cells"][batch]
+        present = torch.zeros(len(batch), pairs + 1).scatter_(1, cells.flatten(1), 1.0)[:, 1:]
+        return cell_loss(cell_probe(maps), cells) + scene_loss(scene_probe(model.avgpool(maps).flatten(1)), present)
+
     model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            batch = order[i:i + batch_size]
-            maps = model.features(_normalise(data["images"][batch]))
-            cells = data["cells"][batch]
-            present = torch.zeros(len(batch), pairs + 1).scatter_(1, cells.flatten(1), 1.0)[:, 1:]
-            loss = cell_loss(cell_probe(maps), cells) + scene_loss(scene_probe(model.avgpool(maps).flatten(1)), present)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        losses.append(total / n)
-        log(f"stage 1, epoch {epoch + 1}/{epochs}: cell + scene loss {losses[-1]:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+    losses = train_epochs([*model.features.parameters(), *cell_probe.parameters(), *scene_probe.parameters()],
+                          len(data["images"]), epochs, batch_size, lr, generator, batch_loss,
+                          lambda epoch, loss: log(f"stage 1, epoch {epoch + 1}/{epochs}: cell + scene loss "
+                                                  f"{loss:.4f} ({time.perf_counter() - start:.0f} s)"))
     model.eval()
     return losses
 
@@ -290,28 +275,18 @@ def train_answering(net: VqaModel, data: dict[str, torch.Tensor], epochs: int, g
     start = time.perf_counter()
     cnn = net.img_encoder.model
     pooled = _pooled_maps(cnn, data["images"])
-    trained = [p for name, p in net.named_parameters() if not name.startswith("img_encoder.model.features.")]
-    n = len(data["answers"])
-    optimiser, schedule = _one_cycle(trained, lr, epochs * -(-n // batch_size))
     loss_fn = nn.CrossEntropyLoss()
-    losses = []
+
+    def batch_loss(rows: torch.Tensor) -> torch.Tensor:
+        embedded = net.img_encoder.embed(cnn.classifier(pooled[data["scene"][rows]]))
+        return loss_fn(net.answer(embedded, net.qst_encoder(data["questions"][rows])), data["answers"][rows])
+
+    trained = [p for name, p in net.named_parameters() if not name.startswith("img_encoder.model.features.")]
     net.train()
     cnn.features.eval()
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            rows = order[i:i + batch_size]
-            embedded = net.img_encoder.embed(cnn.classifier(pooled[data["scene"][rows]]))
-            loss = loss_fn(net.answer(embedded, net.qst_encoder(data["questions"][rows])), data["answers"][rows])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * len(rows)
-        losses.append(total / n)
-        log(f"stage 2, epoch {epoch + 1}/{epochs}: answer loss {losses[-1]:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+    losses = train_epochs(trained, len(data["answers"]), epochs, batch_size, lr, generator, batch_loss,
+                          lambda epoch, loss: log(f"stage 2, epoch {epoch + 1}/{epochs}: answer loss {loss:.4f} "
+                                                  f"({time.perf_counter() - start:.0f} s)"))
     net.eval()
     return losses
 
