@@ -209,15 +209,19 @@ def keep_mask(saliency, delta: float) -> np.ndarray:
     return M.top_fraction_mask(saliency[None], float(delta))[0].numpy()
 
 
-def insertion_deletion(model, image, explanation: Explanation, absent: str = "mean") -> dict[str, np.ndarray]:
-    """Table 4's insertion and deletion curves of ``explanation`` on the PIL ``image``: (K,) arrays
-    over ``metrics.DELTAS``, the softmax of the explanation's target."""
+def _metric_inputs(model, image, explanation: Explanation, absent: str):
+    """``(x, saliency, target, baseline)`` of one explained image, batched, as the metrics take them."""
     x = model.preprocess(image)[None].to(model.device)
     saliency = torch.as_tensor(explanation.saliency, device=x.device)[None]
     target = torch.tensor([explanation.target], device=x.device)
-    baseline = M.baseline_image(model.preprocess, absent).to(x.device)
+    return x, saliency, target, M.baseline_image(model.preprocess, absent).to(x.device)
+
+
+def insertion_deletion(model, image, explanation: Explanation, absent: str = "mean") -> dict[str, np.ndarray]:
+    """Table 4's insertion and deletion curves of ``explanation`` on the PIL ``image``: (K,) arrays
+    over ``metrics.DELTAS``, the softmax of the explanation's target."""
     with eval_mode(model.net):
-        curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline)
+        curves = M.insertion_deletion_curves(model.net, *_metric_inputs(model, image, explanation, absent))
     return {name: curve[0].cpu().numpy() for name, curve in curves.items()}
 
 
@@ -229,12 +233,8 @@ def faithfulness(model, image, explanation: Explanation, absent: str = "mean",
 
     ``curves``: the image's :func:`insertion_deletion` curves, computed here when None.
     """
-    x = model.preprocess(image)[None].to(model.device)
-    saliency = torch.as_tensor(explanation.saliency, device=x.device)[None]
-    target = torch.tensor([explanation.target], device=x.device)
-    baseline = M.baseline_image(model.preprocess, absent).to(x.device)
     with eval_mode(model.net):
-        scores = M.confidence_scores(model.net, x, saliency, target, baseline)
+        scores = M.confidence_scores(model.net, *_metric_inputs(model, image, explanation, absent))
     if curves is None:
         curves = insertion_deletion(model, image, explanation, absent)
     numbers = {name: float(value[0]) for name, value in scores.items()}
