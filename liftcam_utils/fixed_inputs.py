@@ -14,10 +14,12 @@ own ops broadcast it (e.g. the element-wise product of image and question embedd
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import fx, nn
 
-from .split import _CamTracer, _depends_on, eval_mode
+from .split import _CamTracer, eval_mode
 
 
 def _check_fixed(names: list[str], fixed: tuple) -> None:
@@ -46,15 +48,15 @@ def fix_inputs(net: nn.Module, *fixed: torch.Tensor) -> fx.GraphModule:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         _check_fixed([n.target for n in placeholders], fixed)
         image, extra = placeholders[0], placeholders[1:]
-        module = fx.GraphModule(net, graph)
-        interpreter = fx.Interpreter(module)
-        constants: dict[fx.Node, object] = dict(zip(extra, fixed, strict=True))
-        for node in graph.nodes:
-            if node.op in ("placeholder", "output") or not _depends_on(node, set(extra)) \
-                    or _depends_on(node, {image}):
-                continue
-            interpreter.env = constants
-            constants[node] = interpreter.run_node(node)
+        interpreter = fx.Interpreter(fx.GraphModule(net, graph))
+        interpreter.env = constants = dict(zip(extra, fixed, strict=True))
+        on_image = {image}
+        for node in graph.nodes:  # in topological order: a node's inputs are classified before it
+            inputs = node.all_input_nodes
+            if any(i in on_image for i in inputs):
+                on_image.add(node)
+            elif node.op != "output" and any(i in constants for i in inputs):
+                constants[node] = interpreter.run_node(node)
 
     folded = fx.Graph()  # a copy owned by no module yet, so that new buffers can be referenced
     copies: dict[fx.Node, fx.Node] = {}
@@ -72,12 +74,14 @@ def fix_inputs(net: nn.Module, *fixed: torch.Tensor) -> fx.GraphModule:
                 replacement = folded.get_attr(name)
             node.replace_all_uses_with(replacement, delete_user_cb=lambda user: user not in constants)
         else:  # a Python value, e.g. a size: written into the graph as a literal
+            def literal(n: fx.Node, node=node, value=value):
+                return value if n is node else n
+
             for reader in readers:
-                reader.args = fx.node.map_arg(reader.args, lambda n, node=node, value=value: value if n is node else n)
-                reader.kwargs = fx.node.map_arg(reader.kwargs,
-                                                lambda n, node=node, value=value: value if n is node else n)
+                reader.args = fx.node.map_arg(reader.args, literal)
+                reader.kwargs = fx.node.map_arg(reader.kwargs, literal)
     root = {n.target: net.get_submodule(n.target) for n in folded.nodes if n.op == "call_module"}
-    root.update({n.target: buffers[n.target] if n.target in buffers else _attribute(net, n.target)
+    root.update({n.target: buffers[n.target] if n.target in buffers else operator.attrgetter(n.target)(net)
                  for n in folded.nodes if n.op == "get_attr"})
     fixed_net = fx.GraphModule(root, folded, class_name=f"Fixed{type(net).__name__}")
     fixed_net.graph.eliminate_dead_code()
@@ -88,7 +92,3 @@ def fix_inputs(net: nn.Module, *fixed: torch.Tensor) -> fx.GraphModule:
     fixed_net.train(net.training)
     return fixed_net
 
-
-def _attribute(net: nn.Module, target: str):
-    owner, _, name = target.rpartition(".")
-    return getattr(net.get_submodule(owner) if owner else net, name)

@@ -122,7 +122,7 @@ class _RescaleInterpreter(_RuleInterpreter):
 
     def product(self, node, a, b):
         if node.target in (operator.truediv, torch.div, "div"):
-            b = self.elementwise(b, torch.reciprocal) if isinstance(b, torch.Tensor) else 1 / b
+            b = self.elementwise(b, torch.reciprocal)  # a quotient's divisor is A-dependent, else it is AFFINE
         value = (a * b).detach()
         for factor, other in ((a, b), (b, a)):
             if isinstance(factor, torch.Tensor) and factor.requires_grad:
@@ -130,7 +130,7 @@ class _RescaleInterpreter(_RuleInterpreter):
         return value
 
     def norm(self, node, v):
-        p, dim, keepdim = norm_arguments(node)
+        _, dim, keepdim = norm_arguments(node)
         r = torch.linalg.vector_norm(v, 2, dim, keepdim=True)
         half = v.shape[0] // 2
         total = (r[:half] + r[half:]).detach()
