@@ -24,6 +24,19 @@ def resnet50():
 
 
 @pytest.fixture(scope="session")
+def shapes():
+    return lu.load_model("shapes_vgg", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A real photo: scikit-image's chelsea the cat."""
+    from liftcam_utils.datasets.embedded import skimage_photos
+
+    return skimage_photos()[0].image()
+
+
+@pytest.fixture(scope="session")
 def images():
     """Two smooth random images: low-frequency noise keeps random-init activations diverse."""
     generator = torch.Generator().manual_seed(0)

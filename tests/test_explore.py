@@ -14,20 +14,8 @@ NONLINEAR = "_blocks.15._swish@0"
 
 
 @pytest.fixture(scope="module")
-def shapes():
-    return lu.load_model("shapes_vgg", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scenes():
     return make_scenes(3, seed=7).records
-
-
-@pytest.fixture(scope="module")
-def photo():
-    from liftcam_utils.datasets.embedded import skimage_photos
-
-    return skimage_photos()[0].image()  # chelsea the cat
 
 
 def test_explain_matches_the_pipeline(lite0, photo):

@@ -29,20 +29,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def shapes():
-    return lu.load_model("shapes_vgg", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scenes():
     return make_scenes(2, seed=3).records
-
-
-@pytest.fixture(scope="module")
-def photo():
-    from liftcam_utils.datasets.embedded import skimage_photos
-
-    return skimage_photos()[0].image()
 
 
 @pytest.fixture
