@@ -35,13 +35,11 @@ from torch import nn
 from torchvision import transforms
 
 from .datasets.synthetic_scenes import DEFAULT_SIZE, SCENE_CLASSES, make_scenes, multi_hot
-from .files import write_atomically
 from .models import default_device, load_state_dict_file
-from .training import train_epochs
+from .training import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8, save_state_dict, seeded_generator, train_epochs
 
 SHAPES_VGG_LAYER = "features.14"  # the ReLU after the last conv layer (and its BN)
 SHAPES_IMAGE_SIZE = DEFAULT_SIZE
-SHAPES_MEAN, SHAPES_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VAL_SEED_OFFSET = 10_000  # held-out scenes come from dataset seed ``seed + VAL_SEED_OFFSET``
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "shapes_vgg.pt"
 
@@ -50,7 +48,7 @@ DEFAULT_TRAINING = {"n_train": 3000, "n_val": 500, "epochs": 10, "seed": 0}
 shapes_preprocess: Callable = transforms.Compose([
     transforms.Resize((SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE)),
     transforms.ToTensor(),
-    transforms.Normalize(SHAPES_MEAN, SHAPES_STD),
+    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
 ])
 
 
@@ -122,20 +120,13 @@ def scene_tensors(n: int, seed: int, size: int = SHAPES_IMAGE_SIZE) -> tuple[tor
     return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(multi_hot(scenes.records))
 
 
-def _normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> normalised float, the same as :data:`shapes_preprocess`."""
-    mean = torch.tensor(SHAPES_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SHAPES_STD).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
 @torch.no_grad()
 def predict_logits(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits of uint8 images, in eval mode, on the network's device; returned on the CPU."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    out = [net(_normalise(images[i:i + batch_size]).to(device)).cpu()
+    out = [net(normalise_uint8(images[i:i + batch_size]).to(device)).cpu()
            for i in range(0, len(images), batch_size)]
     net.train(was_training)
     return torch.cat(out)
@@ -150,12 +141,6 @@ def evaluate(net: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dic
 
 
 # -- training ------------------------------------------------------------------------------------
-def save_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``net``'s state dict atomically: a temporary file in the same directory, then replace."""
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    write_atomically(path, lambda temporary: torch.save(state, temporary))
-
-
 def train_shapes_vgg(n_train: int = DEFAULT_TRAINING["n_train"], n_val: int = DEFAULT_TRAINING["n_val"],
                      epochs: int = DEFAULT_TRAINING["epochs"], seed: int = DEFAULT_TRAINING["seed"],
                      out_path: str | os.PathLike | None = None, log: Callable[[str], None] | None = print,
@@ -169,11 +154,8 @@ def train_shapes_vgg(n_train: int = DEFAULT_TRAINING["n_train"], n_val: int = DE
     (mean training loss), ``seconds``. Writes the state dict to ``out_path`` (atomically) if given.
     """
     log = log or (lambda _message: None)
-    if threads is not None:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed, threads)
     train_x, train_y = scene_tensors(n_train, seed, image_size)
     val_x, val_y = scene_tensors(n_val, seed + VAL_SEED_OFFSET, image_size)
     log(f"data: {n_train} training + {n_val} held-out scenes in {time.perf_counter() - start:.1f} s")
@@ -182,7 +164,7 @@ def train_shapes_vgg(n_train: int = DEFAULT_TRAINING["n_train"], n_val: int = DE
     loss_fn = nn.BCEWithLogitsLoss()
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-        x = _normalise(train_x[batch])
+        x = normalise_uint8(train_x[batch])
         flip = torch.rand(len(batch), generator=generator) < 0.5
         return loss_fn(net(torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)), train_y[batch])
 

@@ -1,10 +1,40 @@
-"""The training loop our two models share: Adam with a one-cycle learning rate over shuffled epochs."""
+"""What our two trained models (``shapes_vgg``, ``shapes_vqa``) share: seeding, the input
+normalisation of uint8 image batches, the training loop (Adam with a one-cycle learning rate over
+shuffled epochs) and the atomic write of the weights."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
+
+from .files import write_atomically
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def seeded_generator(seed: int, threads: int | None) -> torch.Generator:
+    """Seed torch's global generator (weight initialisation), set ``threads`` CPU threads (None: leave
+    as is) and return a fresh generator for the data order, all from ``seed``."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def normalise_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, ``ToTensor`` then ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def save_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``net``'s state dict atomically: a temporary file in the same directory, then replace."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
 def train_epochs(parameters: Iterable[torch.nn.Parameter], n: int, epochs: int, batch_size: int, lr: float,

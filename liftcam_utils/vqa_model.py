@@ -45,19 +45,25 @@ from .datasets.synthetic_vqa import (
     VQA_IMAGE_SIZE,
     generate_vqa_scene,
 )
-from .files import write_atomically
-from .models import default_device, load_state_dict_file
-from .training import train_epochs
+from .models import default_device
+from .training import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalise_uint8,
+    save_state_dict,
+    seeded_generator,
+    train_epochs,
+)
 
 SHAPES_VQA_LAYER = "img_encoder.model.features.20"  # the ReLU after the last conv layer, 128 x 8 x 8
 VAL_SEED_OFFSET = 10_000  # held-out scenes come from dataset seed ``seed + VAL_SEED_OFFSET``
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "shapes_vqa.pt"
 DEFAULT_TRAINING = {"n_train": 8000, "n_answer_train": 20000, "n_val": 500, "image_epochs": 10, "answer_epochs": 30,
                     "seed": 0}
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 shapes_vqa_preprocess: Callable = transforms.Compose([
-    transforms.Resize((VQA_IMAGE_SIZE, VQA_IMAGE_SIZE)), transforms.ToTensor(), transforms.Normalize(_MEAN, _STD),
+    transforms.Resize((VQA_IMAGE_SIZE, VQA_IMAGE_SIZE)), transforms.ToTensor(),
+    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
 ])
 
 
@@ -209,16 +215,10 @@ def vqa_tensors(n_scenes: int, seed: int, vocabulary: Vocabulary) -> dict[str, t
             "types": torch.tensor(types)}
 
 
-def _normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> normalised float, as :data:`shapes_vqa_preprocess` does."""
-    mean, std = torch.tensor(_MEAN).view(1, 3, 1, 1), torch.tensor(_STD).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
 @torch.no_grad()
 def _pooled_maps(model: SmallVGG, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``avgpool(features(x))`` of uint8 images (eval mode), flattened: the frozen CNN's output."""
-    return torch.cat([model.avgpool(model.features(_normalise(images[i:i + batch_size]))).flatten(1)
+    return torch.cat([model.avgpool(model.features(normalise_uint8(images[i:i + batch_size]))).flatten(1)
                       for i in range(0, len(images), batch_size)])
 
 
@@ -227,7 +227,7 @@ def answer_accuracy(net: VqaModel, data: dict[str, torch.Tensor]) -> dict[str, f
     """Fraction of questions answered right by ``net`` in eval mode, overall and per question type."""
     was_training = net.training
     net.eval()
-    embedded = torch.cat([net.img_encoder(_normalise(data["images"][i:i + 256]))
+    embedded = torch.cat([net.img_encoder(normalise_uint8(data["images"][i:i + 256]))
                           for i in range(0, len(data["images"]), 256)])
     logits = net.answer(embedded[data["scene"]], net.qst_encoder(data["questions"]))
     net.train(was_training)
@@ -253,7 +253,7 @@ def pretrain_features(model: SmallVGG, data: dict[str, torch.Tensor], epochs: in
     cell_loss, scene_loss = nn.CrossEntropyLoss(), nn.BCEWithLogitsLoss()
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-        maps = model.features(_normalise(data["images"][batch]))
+        maps = model.features(normalise_uint8(data["images"][batch]))
         cells = data["cells"][batch]
         present = torch.zeros(len(batch), pairs + 1).scatter_(1, cells.flatten(1), 1.0)[:, 1:]
         return cell_loss(cell_probe(maps), cells) + scene_loss(scene_probe(model.avgpool(maps).flatten(1)), present)
@@ -308,11 +308,8 @@ def train_shapes_vqa(n_train: int = DEFAULT_TRAINING["n_train"],
     ``seconds``. Writes the state dict to ``out_path`` (atomically) if given.
     """
     log = log or (lambda _message: None)
-    if threads is not None:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed, threads)
     vocabulary = question_vocabulary()
     if n_answer_train < n_train:
         raise ValueError(f"n_answer_train ({n_answer_train}) must be at least n_train ({n_train})")
@@ -331,23 +328,15 @@ def train_shapes_vqa(n_train: int = DEFAULT_TRAINING["n_train"],
                    n_train=n_train, n_answer_train=n_answer_train, n_val=n_val, seed=seed)
     log(f"held-out answer accuracy {metrics['accuracy']:.4f} ({metrics['seconds']:.0f} s)")
     if out_path is not None:
-        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        write_atomically(out_path, lambda temporary: torch.save(state, temporary))
+        save_state_dict(net, out_path)
         log(f"saved {out_path}")
     return net, metrics
-
-
-def load_shapes_vqa(path: str | os.PathLike = DEFAULT_WEIGHTS, device: str | torch.device | None = None) -> VqaModel:
-    """The ``shapes_vqa`` model with the weights in ``path`` (read with ``weights_only=True``), in eval mode."""
-    net = shapes_vqa_net(len(question_vocabulary()))
-    load_state_dict_file(net, path)
-    return net.to(default_device(device)).eval()
 
 
 BASIC_VQA_LAYER = "img_encoder.model.features.35"  # VGG19's last conv ReLU, before the last max-pool
 BASIC_VQA_QUESTION_LENGTH = 30  # questions are padded to 30 tokens
 basic_vqa_preprocess: Callable = transforms.Compose([  # images resized to 224 x 224, ImageNet normalisation
-    transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize(_MEAN, _STD),
+    transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
 ])
 
 

@@ -12,7 +12,6 @@ from liftcam_utils.shapes_vgg import (
     SHAPES_VGG_LAYER,
     VAL_SEED_OFFSET,
     ShapesVGG,
-    _normalise,
     average_precision,
     evaluate,
     load_shapes_vgg,
@@ -21,6 +20,7 @@ from liftcam_utils.shapes_vgg import (
     shapes_preprocess,
     train_shapes_vgg,
 )
+from liftcam_utils.training import normalise_uint8
 
 SMALL = {"n_train": 600, "n_val": 200, "epochs": 2, "seed": 1, "image_size": 48}
 FRESH_SEED = 424_242  # neither a training (0) nor a validation (10_000) seed of the committed weights
@@ -74,7 +74,7 @@ def _scene_batch(seed, n, size=96):
     """Preprocessed scenes; ``shapes_preprocess`` resizes to 96, so other sizes are normalised alike."""
     if size == 96:
         return torch.stack([shapes_preprocess(generate_scene(seed, i)[0]) for i in range(n)])
-    return _normalise(scene_tensors(n, seed, size)[0])
+    return normalise_uint8(scene_tensors(n, seed, size)[0])
 
 
 def test_splits_at_the_default_layer_with_a_non_linear_head():
