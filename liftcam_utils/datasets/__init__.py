@@ -1,7 +1,9 @@
 """Datasets as lists of :class:`ImageRecord`: embedded real photos, generated scenes and questions,
-and readers for the paper's ImageNet, PASCAL VOC 2007, COCO 2014 and VQA v2 data."""
+readers for the paper's ImageNet, PASCAL VOC 2007, COCO 2014 and VQA v2 data, and for a folder of one's own
+images."""
 
 from .catalog import DATASETS, DEFAULT_MODELS, load_dataset
+from .folder import read_image_folder
 from .paper_data import (
     COCO_CATEGORY_IDS,
     COCO_CLASSES,
@@ -24,6 +26,7 @@ __all__ = [
     "ImageRecord",
     "load_dataset",
     "read_coco2014_val",
+    "read_image_folder",
     "read_imagenet_val",
     "read_voc2007_test",
     "read_vqa_v2",

@@ -9,6 +9,7 @@
 | ``"coco"`` | COCO 2014 val, from ``data_dir`` | ``vgg16_coco`` (TorchRay checkpoint) |
 | ``"vqa"`` | questions about generated scenes, with exact grounding (a split never used in training) | ``shapes_vqa`` |
 | ``"vqa_v2"`` | VQA v2 val questions, from ``data_dir`` (with the answers' ``vocab_answers.txt``) | ``basic_vqa`` |
+| ``"folder"`` | your own images in ``data_dir``: class sub-folders, or flat (see below) | ``efficientnet_lite0`` |
 
 For the VQA datasets a record is a question and ``n_images`` counts questions. ``"vqa"`` takes the
 questions of scenes ``0, 1, ...`` of the dataset seed ``VQA_TEST_SEED + seed`` in order, as many as
@@ -16,14 +17,20 @@ asked (200 when ``n_images`` is None). ``"vqa_v2"`` labels each question with it
 ``data_dir/vocab_answers.txt``: the basic VQA model's answer vocabulary (one answer per line, the
 file beside its checkpoint), so that labels are that model's classes; questions with another answer
 are left out (:class:`~liftcam_utils.datasets.vqa_v2.AnswersLeftOutWarning`).
+
+``"folder"`` (:mod:`~liftcam_utils.datasets.folder`) reads ``data_dir/<class>/<images>``, each sub-folder
+named by an ImageNet class name or WordNet id, labels 0..999; or image files directly in ``data_dir``,
+each labelled with the class that ``model`` (a loaded model or a name) predicts. Its records have no boxes.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .embedded import embedded_photos
+from .folder import FOLDER_LAYOUT, read_image_folder
 from .paper_data import read_coco2014_val, read_imagenet_val, read_voc2007_test
 from .questions import Vocabulary
 from .records import ImageRecord
@@ -31,23 +38,27 @@ from .synthetic_scenes import make_scenes
 from .synthetic_vqa import make_vqa
 from .vqa_v2 import read_vqa_v2
 
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+
 SCENES_TEST_SEED = 2024  # the scenes model trained on seed 0 and was validated on seed 10000
 VQA_TEST_SEED = 2024  # likewise the shapes_vqa model: trained on seed 0, validated on seed 10000
 _MIN_QUESTIONS_PER_SCENE = 4  # every scene asks colour, exists, count_colour and count (shape: when unique)
-DATASETS = ("photos", "scenes", "imagenet", "voc", "coco", "vqa", "vqa_v2")
+DATASETS = ("photos", "scenes", "imagenet", "voc", "coco", "vqa", "vqa_v2", "folder")
 DEFAULT_MODELS = {"photos": "efficientnet_lite0", "scenes": "shapes_vgg", "imagenet": "vgg16", "voc": "vgg16_voc",
-                  "coco": "vgg16_coco", "vqa": "shapes_vqa", "vqa_v2": "basic_vqa"}
+                  "coco": "vgg16_coco", "vqa": "shapes_vqa", "vqa_v2": "basic_vqa", "folder": "efficientnet_lite0"}
 _READERS = {"imagenet": read_imagenet_val, "voc": read_voc2007_test, "coco": read_coco2014_val,
             "vqa_v2": read_vqa_v2}
 ANSWER_VOCABULARY_FILE = "vocab_answers.txt"
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, n_images: int | None = None,
-                 seed: int = 0) -> list[ImageRecord]:
+                 seed: int = 0, *, model: LoadedModel | str | None = None) -> list[ImageRecord]:
     """``n_images`` records of dataset ``name`` drawn with ``seed`` (all when None; 200 scenes or questions).
 
-    The paper's datasets are read from ``data_dir``; when it or a file is missing the error says
-    what to download and where to put it.
+    The paper's datasets and ``"folder"`` are read from ``data_dir``; when it or a file is missing the error
+    says what to download (or which layout to provide) and where to put it. ``model`` labels a flat
+    ``"folder"`` by its predicted classes; every other dataset ignores it.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
@@ -59,6 +70,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, n_images:
         return make_scenes(n_images or 200, seed=SCENES_TEST_SEED + seed).records
     if name == "vqa":
         return _synthetic_questions(200 if n_images is None else n_images, seed)
+    if name == "folder":
+        if data_dir is None:
+            raise ValueError("dataset 'folder' reads your own images: set the notebook parameter data_dir to "
+                             f"their folder. Expected layout:\n{FOLDER_LAYOUT}")
+        return read_image_folder(data_dir, n_images=n_images, seed=seed, model=model)
     if data_dir is None:
         raise FileNotFoundError(
             f"dataset {name!r} is read from disk: set the notebook parameter data_dir to the folder that holds "

@@ -1,0 +1,190 @@
+"""The ``"folder"`` dataset: one's own images, on folders generated here with Pillow."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, load_dataset, read_image_folder
+from liftcam_utils.datasets.embedded import skimage_photos
+from liftcam_utils.datasets.folder import IMAGENET_CATEGORIES, imagenet_class_index
+from liftcam_utils.evaluation import select
+
+# tench and goldfish at their real indices 0 and 1, padded with made-up ids to 1000 in sorted order
+TENCH, GOLDFISH = "n01440764", "n01443537"
+
+
+def synset_mapping():
+    wnids = [TENCH, GOLDFISH] + [f"n02{k:06d}" for k in range(998)]
+    names = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus"}
+    return "".join(f"{wnid} {names.get(i, 'thing')}\n" for i, wnid in enumerate(wnids))
+
+
+def write_image(path, seed=0, size=(40, 30), mode="RGB"):
+    """A small image of random pixels (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+def class_folders(root, folders, per_class=2):
+    """``per_class`` images in each of ``folders``, alternating JPEG and PNG."""
+    for f, folder in enumerate(folders):
+        for i in range(per_class):
+            write_image(root / folder / f"img_{i}.{'jpg' if i % 2 == 0 else 'png'}", seed=10 * f + i)
+    return root
+
+
+def test_catalog_lists_the_folder_dataset():
+    assert "folder" in DATASETS and DEFAULT_MODELS["folder"] == "efficientnet_lite0"
+
+
+def test_class_names_are_the_models_imagenet_categories(lite0):
+    assert list(IMAGENET_CATEGORIES) == lite0.categories
+    assert lite0.categories[0] == "tench" and lite0.categories[1] == "goldfish"
+    assert lite0.categories[2] == "great white shark"
+
+
+def test_class_name_folders(tmp_path, lite0):
+    root = class_folders(tmp_path, ["tench", "goldfish"])
+    records = load_dataset("folder", data_dir=root)
+    assert [r.name for r in records] == ["goldfish/img_0.jpg", "goldfish/img_1.png", "tench/img_0.jpg",
+                                         "tench/img_1.png"]
+    assert [r.labels for r in records] == [(1,), (1,), (0,), (0,)]
+    assert [lite0.categories[r.label] for r in records] == ["goldfish", "goldfish", "tench", "tench"]
+    assert all(r.boxes == () and r.path.parent.parent == root for r in records)
+    image = records[0].image()
+    assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def test_class_names_ignore_case_and_read_underscores_as_spaces(tmp_path):
+    root = class_folders(tmp_path, ["Tench", "GOLDFISH", "Great_White_Shark"], per_class=1)
+    assert {r.name.split("/")[0]: r.label for r in load_dataset("folder", data_dir=root)} == {
+        "GOLDFISH": 1, "Great_White_Shark": 2, "Tench": 0}
+
+
+def test_a_case_insensitive_clash_needs_the_exact_case():
+    assert IMAGENET_CATEGORIES[264] == "Cardigan" and IMAGENET_CATEGORIES[474] == "cardigan"
+    assert imagenet_class_index("Cardigan") == 264 and imagenet_class_index("cardigan") == 474
+    with pytest.raises(ValueError, match="(?s)'CARDIGAN' matches.*264 'Cardigan', 474 'cardigan'"):
+        imagenet_class_index("CARDIGAN")
+
+
+def test_wordnet_id_folders_use_the_synset_mapping(tmp_path):
+    root = class_folders(tmp_path / "data", [TENCH, GOLDFISH, "goldfish"], per_class=1)
+    with pytest.raises(FileNotFoundError, match=rf"(?s){TENCH}.*LOC_synset_mapping.txt.*Kaggle"):
+        load_dataset("folder", data_dir=root)
+    (root / "LOC_synset_mapping.txt").write_text(synset_mapping())
+    records = load_dataset("folder", data_dir=root)
+    assert [(r.name, r.label) for r in records] == [
+        ("goldfish/img_0.jpg", 1), (f"{TENCH}/img_0.jpg", 0), (f"{GOLDFISH}/img_0.jpg", 1)]
+    elsewhere = tmp_path / "synsets.txt"
+    (root / "LOC_synset_mapping.txt").rename(elsewhere)
+    assert read_image_folder(root, synset_file=elsewhere) == records
+
+
+def test_unknown_folders_are_listed_with_close_matches(tmp_path):
+    root = class_folders(tmp_path, ["tench", "goldfsh", "my_cats"], per_class=1)
+    with pytest.raises(ValueError) as info:
+        load_dataset("folder", data_dir=root)
+    message = str(info.value)
+    assert "class folder 'goldfsh' is neither an ImageNet class name nor a WordNet id; close matches: 'goldfish'" \
+        in message
+    assert "class folder 'my_cats'" in message and "Expected layout" in message
+    (root / "LOC_synset_mapping.txt").write_text(synset_mapping())
+    write_image(root / "n01440765" / "a.jpg")
+    with pytest.raises(ValueError, match="'n01440765' is not one of the 1000 ImageNet WordNet ids; close matches: "
+                                         f"'{TENCH}'"):
+        load_dataset("folder", data_dir=root)
+
+
+def test_flat_folder_is_labelled_by_the_models_prediction(tmp_path, lite0):
+    chelsea = skimage_photos()[0]
+    chelsea.image().save(tmp_path / "chelsea.png")
+    for i in range(3):
+        write_image(tmp_path / f"noise_{i}.jpg", seed=i, size=(64, 48))
+    records = load_dataset("folder", data_dir=tmp_path, model=lite0)
+    assert [r.name for r in records] == ["chelsea.png", "noise_0.jpg", "noise_1.jpg", "noise_2.jpg"]
+    expected = []
+    for record in records:
+        with Image.open(record.path) as image, torch.no_grad():
+            expected.append(int(lite0.net(lite0.preprocess(image.convert("RGB"))[None]).argmax()))
+    assert [r.labels for r in records] == [(c,) for c in expected]
+    assert records[0].label in chelsea.labels  # the cat photo: tabby, tiger cat or Egyptian cat
+    assert all(r.boxes == () for r in records)
+    by_name = load_dataset("folder", data_dir=tmp_path, n_images=2, seed=1, model="efficientnet_lite0")
+    assert by_name == select(records, 2, 1)
+
+
+def test_flat_folder_needs_a_model_that_takes_no_question(tmp_path, lite0):
+    write_image(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="(?s)labelled with the class a model predicts: pass the model"):
+        load_dataset("folder", data_dir=tmp_path)
+    asks = dataclasses.replace(lite0, name="a_vqa_model", questions=(None, 4))
+    with pytest.raises(ValueError, match="'a_vqa_model' answers questions: fix one with model.fixed"):
+        load_dataset("folder", data_dir=tmp_path, model=asks)
+
+
+def test_seeded_selection_is_deterministic(tmp_path):
+    root = class_folders(tmp_path, ["tench", "goldfish", "goldfinch"], per_class=4)
+    everything = load_dataset("folder", data_dir=root)
+    assert len(everything) == 12 and [r.name for r in everything] == sorted(r.name for r in everything)
+    picked = load_dataset("folder", data_dir=root, n_images=5, seed=3)
+    assert picked == load_dataset("folder", data_dir=root, n_images=5, seed=3) == select(everything, 5, 3)
+    assert [r.name for r in picked] == sorted(r.name for r in picked)
+    assert picked != load_dataset("folder", data_dir=root, n_images=5, seed=4)
+    with pytest.raises(ValueError, match=r"n_images must be in 1 \.\. 12"):
+        load_dataset("folder", data_dir=root, n_images=13)
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(ValueError, match="(?s)set the notebook parameter data_dir.*one sub-folder per class"):
+        load_dataset("folder")
+    with pytest.raises(FileNotFoundError, match="(?s)is not a directory.*one sub-folder per class"):
+        load_dataset("folder", data_dir=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="holds no image files and no class sub-folders"):
+        load_dataset("folder", data_dir=tmp_path)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    with pytest.raises(FileNotFoundError, match="holds no image files and no class sub-folders"):
+        load_dataset("folder", data_dir=tmp_path)
+    (tmp_path / "tench").mkdir()
+    (tmp_path / "tench" / "readme.md").write_text("nothing here")
+    with pytest.raises(FileNotFoundError, match="class folder .*tench' holds no image files"):
+        load_dataset("folder", data_dir=tmp_path)
+
+
+def test_both_layouts_at_once_is_refused(tmp_path):
+    class_folders(tmp_path, ["tench"], per_class=1)
+    write_image(tmp_path / "stray.jpg")
+    with pytest.raises(ValueError, match=r"holds both sub-folders \(tench\) and image files \(stray.jpg\)"):
+        load_dataset("folder", data_dir=tmp_path)
+
+
+def test_other_files_hidden_entries_and_image_modes(tmp_path):
+    root = class_folders(tmp_path, ["tench"], per_class=1)
+    (root / "tench" / "notes.txt").write_text("ignored")
+    (root / "tench" / ".hidden.jpg").write_text("ignored")
+    write_image(root / ".ipynb_checkpoints" / "img_0.jpg")
+    write_image(root / "tench" / "more" / "grey.PNG", mode="L")
+    write_image(root / "tench" / "rgba.png", mode="RGBA")
+    records = load_dataset("folder", data_dir=root)
+    assert [r.name for r in records] == ["tench/img_0.jpg", "tench/more/grey.PNG", "tench/rgba.png"]
+    assert all(r.image().mode == "RGB" for r in records)
+
+
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_a_file_that_is_not_an_image_is_an_error_naming_it(tmp_path, lite0, layout):
+    folder = tmp_path / "tench" if layout == "classes" else tmp_path
+    write_image(folder / "good.jpg")
+    (folder / "fake.jpg").write_text("this is text, not a JPEG")
+    with pytest.raises(ValueError, match=r"image file .*fake\.jpg' cannot be read as an image"):
+        load_dataset("folder", data_dir=tmp_path, model=lite0)
+    (folder / "fake.jpg").unlink()
+    data = write_image(folder / "cut.png", size=(200, 200)).read_bytes()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"image file .*cut\.png' cannot be read as an image"):
+        load_dataset("folder", data_dir=tmp_path, model=lite0)
