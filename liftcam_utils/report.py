@@ -1,7 +1,8 @@
 """Notebook outputs on disk: tables (CSV) and figures (PNG) under ``results/``, and ``REPORT.md``.
 
-A notebook saves each result as ``<notebook>_<name>.csv`` / ``.png`` (e.g. ``04_faithfulness_table3.csv``);
-:func:`build_report` collects them, notebook by notebook, into one Markdown report.
+A notebook saves each result as ``<notebook>_<name>.csv`` / ``.png`` (e.g. ``04_faithfulness_table3.csv``),
+and the verdicts on the paper's claims (:mod:`liftcam_utils.verdicts`) as ``<notebook>_verdicts.csv``;
+:func:`build_report` collects them into one Markdown report that opens with every notebook's verdicts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from .files import write_atomically
+
+VERDICTS_SUFFIX = "_verdicts"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -30,6 +33,25 @@ def save_figure(figure, name: str, output_dir: str | os.PathLike) -> None:
                      lambda temporary: figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png"))
 
 
+def save_verdicts(table: pd.DataFrame, notebook: str, output_dir: str | os.PathLike) -> pd.DataFrame:
+    """Write a :func:`~liftcam_utils.verdicts.verdict_table` to ``output_dir/<notebook>_verdicts.csv``."""
+    _write_text(Path(output_dir) / f"{notebook}{VERDICTS_SUFFIX}.csv", table.reset_index().to_csv(index=False))
+    return table
+
+
+def _verdict_markdown(path: Path) -> str:
+    """A saved verdict table as Markdown: the claim, our numbers, the test and the verdict."""
+    table = pd.read_csv(path)
+    shown = pd.DataFrame({
+        "setup": table["setup"], "claim": table["claim"], "paper": table["source"],
+        "ours": [f"{a:.3g} vs {b:.3g} ({v})" for a, b, v in zip(table["ours"], table["theirs"], table["versus"],
+                                                                 strict=True)],
+        "difference [95 % CI]": [f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for d, lo, hi in
+                                 zip(table["mean diff"], table["CI low"], table["CI high"], strict=True)],
+        "n": table["n"], "Wilcoxon p": [f"{p:.2g}" for p in table["p"]], "verdict": table["verdict"]})
+    return markdown_table(shown.set_index("setup"))
+
+
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     """A DataFrame as a GitHub Markdown table (numbers rounded to ``digits``)."""
     def cell(value):
@@ -45,8 +67,9 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook: results") -> Path:
     """Collect every ``*.csv`` table and ``*.png`` figure of ``results_dir`` into ``REPORT.md``."""
     results = Path(results_dir)
+    verdict_files = sorted(results.glob(f"*{VERDICTS_SUFFIX}.csv"))
     sections: dict[str, list[str]] = {}
-    for path in sorted(results.glob("*.csv")) + sorted(results.glob("*.png")):
+    for path in sorted(set(results.glob("*.csv")) - set(verdict_files)) + sorted(results.glob("*.png")):
         notebook = path.name.split("_", 1)[0]
         if path.suffix == ".csv":
             block = f"**{path.stem}**\n\n" + markdown_table(pd.read_csv(path, index_col=0))
@@ -55,6 +78,15 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
         sections.setdefault(notebook, []).append(block)
     notebooks = {p.name.split("_", 1)[0]: p.stem for p in results.glob("[0-9][0-9]_*.ipynb")}
     text = [f"# {title}", ""]
+    if verdict_files:
+        text += ["## Verdicts: the paper's claims tested on our data", "",
+                 "Each claim is a paired comparison on the same images: the mean difference with a seeded bootstrap "
+                 "95 % interval and a two-sided Wilcoxon signed-rank test; the verdict is computed "
+                 "(`liftcam_utils.verdicts`): *holds* when p < 0.05 and the interval is on the claimed side of 0, "
+                 "*contradicted* when both point the other way, *not shown at this n* otherwise.", ""]
+        for path in verdict_files:
+            notebook = path.name[: -len(f"{VERDICTS_SUFFIX}.csv")]
+            text += [f"### {notebook}", "", _verdict_markdown(path), ""]
     for key in sorted(sections):
         text += [f"## {notebooks.get(key, key)}", ""] + [b + "\n" for b in sections[key]]
     path = results / "REPORT.md"
