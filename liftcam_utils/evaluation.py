@@ -1,21 +1,26 @@
 """Batch evaluation: every method on every image, with every metric, into one tidy table.
 
 ``evaluate`` splits the image selection into shards. For each shard the body runs once and its
-maps ``A`` are shared by all methods; each (shard, method) result is cached on disk under a key
-of everything that determines it (model, weights, layer, images, method, options, metrics,
-baseline, code version), written atomically, so a rerun reads it and an interrupted run resumes.
-Shards run in this process by default, or on a Dask cluster (``dask_scheduler="local"`` starts
-one on this machine; an address such as ``"tcp://10.0.0.5:8786"`` uses an existing one), where
-each worker loads the model once.
+maps ``A`` are shared by all methods. With a ``cache_dir`` each (shard, method) result is stored
+as one JSON file, named by a hash of everything that determines it: the model's name, weights
+argument and a hash of its weights' contents, the layer, the shard's images (each record's name,
+pixels, labels, boxes and question), the method's row label, name and options, the metrics, the
+baseline, the reference method and the code version. Files are written atomically, so a rerun
+reads them and an interrupted run resumes; a damaged file is recomputed, with a warning naming it,
+and rewritten. Shards run in this process by default, or on a Dask cluster
+(``dask_scheduler="local"`` starts one on this machine; an address such as
+``"tcp://10.0.0.5:8786"`` uses an existing one), where each worker loads the model once.
 """
-
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import os
 import time
+import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics as M
@@ -37,6 +43,11 @@ from .split import eval_mode
 METRICS = ("faithfulness", "insertion_deletion", "pointing", "cosine")
 # summary column -> how the rows are averaged
 SUMMARY_COLUMNS = ("IC", "AD", "ADD", "insertion_auc", "deletion_auc", "pointing", "cosine", "seconds")
+# the columns of every result frame, then those each metric adds (in METRICS order)
+ROW_COLUMNS = ("image", "target", "method", "seconds")
+METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
+                  "insertion_deletion": ("insertion_auc", "deletion_auc"),
+                  "pointing": ("pointing",), "cosine": ("cosine",)}
 
 
 @dataclass(frozen=True)
@@ -195,14 +206,96 @@ def paper_table(rows_by_dataset: Mapping[str, pd.DataFrame], metric: str) -> pd.
     return pd.DataFrame(columns).reindex(order)
 
 
-def _cache_key(model: LoadedModel, layer: str, spec: MethodSpec, metrics, absent, reference, names) -> str:
+# network -> (its state dict's tensors with their version counters, the hash of their contents)
+_weights_digests: weakref.WeakKeyDictionary[nn.Module, tuple[list, str]] = weakref.WeakKeyDictionary()
+
+
+def weights_digest(model: LoadedModel) -> str:
+    """A hash of the contents of ``model.net``'s weights: every tensor of its state dict, by name,
+    dtype, shape and bytes.
+
+    Memoised per network; it is recomputed when a tensor has been replaced or changed in place
+    (PyTorch's version counter, which in-place ops, optimisers and ``load_state_dict`` advance).
+    A change written through ``tensor.data`` bypasses that counter and is not seen.
+    """
+    tensors = [(name, tensor, tensor._version) for name, tensor in model.net.state_dict(keep_vars=True).items()]
+    memo = _weights_digests.get(model.net)
+    if memo is not None and len(memo[0]) == len(tensors) and all(
+            name == old_name and tensor is old_tensor and version == old_version
+            for (name, tensor, version), (old_name, old_tensor, old_version) in zip(tensors, memo[0], strict=True)):
+        return memo[1]
+    digest = hashlib.sha256()
+    for name, tensor, _ in tensors:
+        data = tensor.detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(data.dtype), list(data.shape)]).encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
+    _weights_digests[model.net] = (tensors, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def record_digest(record: ImageRecord) -> str:
+    """A hash of all a record gives its rows: its name, RGB pixels, labels, boxes and question."""
+    image = record.image()
     description = json.dumps({
-        "model": model.name, "weights": model.weights, "layer": layer, "method": spec.method,
-        "options": [list(o) for o in spec.options], "metrics": list(metrics), "absent": absent,
+        "name": record.name, "labels": list(record.labels), "boxes": [dataclasses.astuple(b) for b in record.boxes],
+        "question": record.question, "size": list(image.size),
+    }, default=str)
+    digest = hashlib.sha256(description.encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _cache_key(model: LoadedModel, weights: str, layer: str, spec: MethodSpec, metrics, absent, reference,
+               images: Sequence[str]) -> str:
+    """The name of the cache file of ``spec`` on a shard: ``weights`` is the model's
+    :func:`weights_digest`, ``images`` the shard's :func:`record_digest` values."""
+    description = json.dumps({
+        "model": model.name, "weights": model.weights, "weights_digest": weights, "layer": layer,
+        "label": spec.label, "method": spec.method, "options": [list(o) for o in spec.options],
+        "metrics": list(metrics), "absent": absent,
         "reference": None if reference is None else [reference.method, [list(o) for o in reference.options]],
-        "images": list(names), "code": code_version(),
+        "images": list(images), "code": code_version(),
     }, sort_keys=True, default=str)
     return hashlib.sha256(description.encode()).hexdigest()[:24]
+
+
+def frame_to_json(frame: pd.DataFrame) -> str:
+    """``frame`` (default index) as JSON that :func:`frame_from_json` reads back exactly: each
+    column's name, dtype and values, floats as their shortest exact decimal (``NaN`` for NaN)."""
+    return json.dumps({"columns": [{"name": name, "dtype": str(column.dtype), "values": column.tolist()}
+                                   for name, column in frame.items()]})
+
+
+def frame_from_json(text: str) -> pd.DataFrame:
+    """The frame :func:`frame_to_json` wrote; ``ValueError``, ``KeyError`` or ``TypeError`` when
+    ``text`` is not such a file (not JSON, truncated, columns of unequal length or unknown dtype)."""
+    columns = json.loads(text)["columns"]
+    values = pd.DataFrame({column["name"]: column["values"] for column in columns})
+    return values.astype({column["name"]: column["dtype"] for column in columns})
+
+
+def _write_frame(frame: pd.DataFrame, path: str) -> None:
+    Path(path).write_text(frame_to_json(frame))
+
+
+def _read_cached(path: Path, shard: list[ImageRecord], spec: MethodSpec, columns: list[str]) -> pd.DataFrame | None:
+    """The rows of ``spec`` on ``shard`` cached in ``path``; None when there is no such file, and
+    when the file is damaged (then with a warning that names it)."""
+    if not path.is_file():
+        return None
+    try:
+        frame = frame_from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as error:
+        problem = f"unreadable: {type(error).__name__}: {error}"
+    else:
+        if list(frame.columns) != columns:
+            problem = f"columns {list(frame.columns)}, expected {columns}"
+        elif frame["image"].tolist() != [r.name for r in shard] or (frame["method"] != spec.label).any():
+            problem = f"its rows are not those of {spec.label!r} on this shard's images"
+        else:
+            return frame
+    warnings.warn(f"cache file {path} is damaged ({problem}); recomputing it", stacklevel=3)
+    return None
 
 
 def _shards(records: list[ImageRecord], shard_size: int) -> Iterable[list[ImageRecord]]:
@@ -225,6 +318,11 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
     removed pixel (see :mod:`liftcam_utils.metrics`). The target of each image is its first label.
     ``device`` applies to Dask workers; in this process the model's own device is used.
+
+    ``cache_dir``: a folder of cached results, one JSON file per (shard of ``shard_size`` images,
+    method), keyed as described in this module's docstring. Files found there are read instead of
+    recomputed; missing ones are computed and written atomically; a damaged one (truncated, not
+    JSON, other columns or rows) is recomputed with a warning naming it and overwritten.
     """
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
@@ -239,28 +337,34 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     records = select(dataset, n_images, seed)
     layer = layer or model.layer
     metrics = tuple(m for m in METRICS if m in metrics)
-    cache = Path(cache_dir) if cache_dir is not None else None
-
-    def cache_file(spec, shard):
-        key = _cache_key(model, layer, spec, metrics, absent, reference_spec, [r.name for r in shard])
-        return cache / f"{key}.pkl"
+    shards = list(_shards(records, shard_size))
+    files: dict[tuple[int, MethodSpec], Path] = {}
+    if cache_dir is not None:
+        weights = weights_digest(model)
+        for index, shard in enumerate(shards):
+            images = [record_digest(r) for r in shard]
+            for spec in specs:
+                key = _cache_key(model, weights, layer, spec, metrics, absent, reference_spec, images)
+                files[index, spec] = Path(cache_dir) / f"{key}.json"
+    columns = [*ROW_COLUMNS, *(column for metric in metrics for column in METRIC_COLUMNS[metric])]
 
     done: dict[tuple[int, MethodSpec], pd.DataFrame] = {}
     todo: list[tuple[int, list[ImageRecord], list[MethodSpec]]] = []
-    for index, shard in enumerate(_shards(records, shard_size)):
+    for index, shard in enumerate(shards):
         missing = []
         for spec in specs:
-            if cache is not None and cache_file(spec, shard).is_file():
-                done[index, spec] = pd.read_pickle(cache_file(spec, shard))
-            else:
+            cached = _read_cached(files[index, spec], shard, spec, columns) if cache_dir is not None else None
+            if cached is None:
                 missing.append(spec)
+            else:
+                done[index, spec] = cached
         if missing:
             todo.append((index, shard, missing))
 
     def store(index, shard, results):
         for spec, frame in results.items():
-            if cache is not None:
-                write_atomically(cache_file(spec, shard), frame.to_pickle)
+            if cache_dir is not None:
+                write_atomically(files[index, spec], functools.partial(_write_frame, frame))
             done[index, spec] = frame
 
     bar = tqdm(total=sum(len(s) for _, s, _ in todo), desc="images", unit="img", disable=not progress)
@@ -271,8 +375,7 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     else:
         _run_on_dask(dask_scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar)
     bar.close()
-    n_shards = -(-len(records) // shard_size)
-    rows = pd.concat([done[i, spec] for spec in specs for i in range(n_shards)], ignore_index=True)
+    rows = pd.concat([done[i, spec] for spec in specs for i in range(len(shards))], ignore_index=True)
     return Evaluation(rows=rows, summary=summarize(rows))
 
 

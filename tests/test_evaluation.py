@@ -1,7 +1,13 @@
 """The batch runner: tidy rows, summaries, on-disk cache with resume, and Dask scale-out."""
 
+import copy
+import dataclasses
+import functools
+import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,6 +19,7 @@ import liftcam_utils as lu
 from liftcam_utils import evaluation as E
 from liftcam_utils.datasets import Box, ImageRecord
 from liftcam_utils.datasets.embedded import foolbox_imagenet
+from liftcam_utils.datasets.synthetic_vqa import make_vqa
 from liftcam_utils.files import write_atomically
 
 
@@ -92,7 +99,7 @@ def test_cache_is_read_and_an_interrupted_run_resumes(tiny_model, records, tmp_p
     crash = True
     with pytest.raises(RuntimeError, match="power cut"):
         E.evaluate(tiny_model, records, ["gradcam"], shard_size=2, cache_dir=tmp_path, progress=False)
-    assert len(list(tmp_path.glob("*.pkl"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]
     crash, calls[:] = False, []
     first = E.evaluate(tiny_model, records, ["gradcam"], shard_size=2, cache_dir=tmp_path, progress=False)
     assert [names for names, _ in calls] == [["img2", "img3"], ["img4"]]  # resumed after shard 1
@@ -106,6 +113,125 @@ def test_cache_is_read_and_an_interrupted_run_resumes(tiny_model, records, tmp_p
     assert len(calls) == 3  # another baseline is another key
 
 
+@pytest.fixture
+def computed(monkeypatch):
+    """The (image names, method labels) of every shard ``evaluate`` computes rather than reads."""
+    calls = []
+    real = E._shard_rows
+
+    def counting(model, layer, shard, specs, *rest):
+        calls.append(([r.name for r in shard], [s.label for s in specs]))
+        return real(model, layer, shard, specs, *rest)
+
+    monkeypatch.setattr(E, "_shard_rows", counting)
+    return calls
+
+
+def _cached_run(model, records, methods, cache_dir):
+    return E.evaluate(model, records, methods, metrics=("faithfulness", "pointing"), shard_size=1,
+                      cache_dir=cache_dir, progress=False).rows
+
+
+def test_json_round_trip_is_exact():
+    frame = pd.DataFrame({"image": ["a", "b", "c"], "target": [0, 7, 2], "method": "SHAP-CAM_10",
+                          "seconds": 0.1 + 0.2, "AD": [1 / 3, np.nan, 1e-300], "IC": [np.inf, -0.0, 2 / 7]})
+    pd.testing.assert_frame_equal(E.frame_from_json(E.frame_to_json(frame)), frame, check_exact=True)
+
+
+def test_rerun_reads_the_cache_exactly(tiny_model, records, tmp_path, computed):
+    first = _cached_run(tiny_model, records[:3], ["gradcam", "liftcam"], tmp_path)
+    assert len(computed) == 3
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json"] * 6  # one per (shard, method); no pickle
+    computed.clear()
+    again = _cached_run(tiny_model, records[:3], ["gradcam", "liftcam"], tmp_path)
+    assert computed == []
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
+
+
+def test_changed_records_are_recomputed(tiny_model, records, tmp_path, computed):
+    _cached_run(tiny_model, records[:3], ["gradcam"], tmp_path)
+    pixels = np.array(records[0].image())
+    pixels[5, 7, 1] ^= 1
+    changed = [dataclasses.replace(records[0], pixels=Image.fromarray(pixels)),  # same name, one pixel
+               dataclasses.replace(records[1], labels=(2,)),
+               dataclasses.replace(records[2], boxes=(Box(2, 0, 0, 4, 4),))]
+    for i, record in enumerate(changed):
+        computed.clear()
+        rows = _cached_run(tiny_model, [*changed[:i + 1], *records[i + 1:3]], ["gradcam"], tmp_path)
+        assert computed == [([record.name], ["gradcam"])]
+    assert rows["target"].tolist() == [0, 2, 2]
+    fresh = _cached_run(tiny_model, changed, ["gradcam"], None)
+    pd.testing.assert_frame_equal(rows.drop(columns="seconds"), fresh.drop(columns="seconds"))
+
+
+def test_weights_changed_in_place_are_recomputed(tiny_model, records, tmp_path, computed):
+    before = _cached_run(tiny_model, records[:2], ["liftcam"], tmp_path)
+    copied = dataclasses.replace(tiny_model, net=copy.deepcopy(tiny_model.net))
+    assert E.weights_digest(copied) == E.weights_digest(tiny_model)  # the contents count, not the object
+    computed.clear()
+    with torch.no_grad():
+        tiny_model.net.fc.bias[0] += 1.0  # same name and weights argument, other weights
+    after = _cached_run(tiny_model, records[:2], ["liftcam"], tmp_path)
+    assert len(computed) == 2 and not after["Y"].equals(before["Y"])
+    computed.clear()
+    tiny_model.net.load_state_dict(copied.net.state_dict())
+    pd.testing.assert_frame_equal(_cached_run(tiny_model, records[:2], ["liftcam"], tmp_path), before)
+    assert computed == []  # the original weights again: their entries are read
+
+
+def test_vqa_key_follows_the_question_encoder_and_the_question(tmp_path, computed):
+    torch.manual_seed(0)
+    model = lu.load_model("shapes_vqa", weights=None, device="cpu")
+    scene = make_vqa(1, seed=5).records
+    record = scene[0]
+
+    def run(record):
+        return E.evaluate(model, [record], ["gradcam"], cache_dir=tmp_path, progress=False).rows
+
+    first = run(record)
+    with torch.no_grad():
+        model.net.qst_encoder.fc.bias[0] += 1.0  # folded into the fixed model's buffers, not its modules
+    second = run(record)
+    assert len(computed) == 2 and not second["Y"].equals(first["Y"])
+    run(dataclasses.replace(record, question=scene[1].question))
+    assert len(computed) == 3
+
+
+def test_each_label_of_a_method_has_its_own_entry(tiny_model, records, tmp_path, computed):
+    methods = {"Grad-CAM": ("gradcam", {}), "Grad-CAM again": ("gradcam", {})}
+    rows = _cached_run(tiny_model, records[:2], methods, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 4 and computed == [(["img0"], list(methods)), (["img1"], list(methods))]
+    computed.clear()
+    again = _cached_run(tiny_model, records[:2], methods, tmp_path)
+    assert computed == [] and again["method"].tolist() == ["Grad-CAM"] * 2 + ["Grad-CAM again"] * 2
+    pd.testing.assert_frame_equal(again, rows, check_exact=True)
+
+
+def _drop_a_column(text):
+    stored = json.loads(text)
+    stored["columns"] = [c for c in stored["columns"] if c["name"] != "AD"]
+    return json.dumps(stored)
+
+
+@pytest.mark.parametrize("damage", [lambda text: text[:len(text) // 2], lambda text: "not json at all",
+                                    _drop_a_column], ids=["truncated", "not-json", "wrong-columns"])
+def test_a_damaged_file_is_recomputed_with_a_warning(tiny_model, records, tmp_path, computed, damage):
+    good = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+    [file] = tmp_path.iterdir()
+    file.write_text(damage(file.read_text()))
+    computed.clear()
+    with pytest.warns(UserWarning, match=f"cache file .*{file.name} is damaged"):
+        redone = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+    assert len(computed) == 1
+    pd.testing.assert_frame_equal(redone.drop(columns="seconds"), good.drop(columns="seconds"))
+    computed.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reread = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+    assert computed == [] and list(tmp_path.iterdir()) == [file]  # overwritten with a good file
+    pd.testing.assert_frame_equal(reread, redone, check_exact=True)
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "x.pkl"
     target.write_text("the complete old result")
@@ -117,8 +243,8 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_atomically(target, crash)
     assert [p.name for p in tmp_path.iterdir()] == ["x.pkl"] and target.read_text() == "the complete old result"
-    write_atomically(target, pd.DataFrame({"a": [1]}).to_pickle)
-    assert pd.read_pickle(target)["a"].tolist() == [1] and oct(target.stat().st_mode)[-3:] == "644"
+    write_atomically(target, functools.partial(E._write_frame, pd.DataFrame({"a": [1]})))
+    assert E.frame_from_json(target.read_text())["a"].tolist() == [1] and oct(target.stat().st_mode)[-3:] == "644"
 
 
 def test_box_mask_follows_resize_and_crop():
