@@ -9,6 +9,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CHROMIUM := /usr/bin/chromium
 EXPLORER_PORT ?= 8866
+# Where make can install Chromium (root, with apt-get: CI), the browser tests must run: LIFTCAM_REQUIRE_BROWSER=1
+# makes them fail, never skip, without it. Elsewhere a missing Chromium skips them with a warning and a skip reason
+# naming what to install. Set LIFTCAM_REQUIRE_BROWSER=0 or 1 (environment or make argument) to decide yourself.
+CAN_INSTALL_CHROMIUM := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo yes)
+LIFTCAM_REQUIRE_BROWSER ?= $(if $(CAN_INSTALL_CHROMIUM),1,0)
 
 .PHONY: workbook test setup notebooks explorer clean
 
@@ -20,17 +25,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# the end-to-end tests drive Debian's Chromium (Playwright never downloads a browser)
+# the end-to-end tests drive Debian's Chromium (Playwright never downloads a browser); a failed install is not fatal
+# here: the browser tests then fail (LIFTCAM_REQUIRE_BROWSER=1) or are skipped, and the other tests still run
 $(CHROMIUM):
+ifeq ($(CAN_INSTALL_CHROMIUM),yes)
 	@echo "installing Debian's chromium for the browser tests"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
-	  || { echo "could not install chromium: as root, run 'apt-get update && apt-get install -y chromium'" \
-	       "(Debian/Ubuntu), or put a Chromium binary at $(CHROMIUM)"; exit 1; }
+	  || echo "WARNING: could not install chromium (apt-get failed); the browser tests will" \
+	       "$(if $(filter 1,$(LIFTCAM_REQUIRE_BROWSER)),FAIL (LIFTCAM_REQUIRE_BROWSER=1),be skipped)"
+else
+	@echo "WARNING: $(CHROMIUM) is missing and make can install it only as root with apt-get; the browser tests will" \
+	  "$(if $(filter 1,$(LIFTCAM_REQUIRE_BROWSER)),FAIL (LIFTCAM_REQUIRE_BROWSER=1),be skipped):" \
+	  "as root, run 'apt-get update && apt-get install -y chromium' (Debian/Ubuntu), or put a Chromium at $(CHROMIUM)"
+endif
 
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check liftcam_utils tests benchmarks
-	$(BIN)/python -m pytest
+	LIFTCAM_REQUIRE_BROWSER=$(LIFTCAM_REQUIRE_BROWSER) $(BIN)/python -m pytest
 
 workbook: $(STAMP)
 	$(BIN)/python -m liftcam_utils.workbook notebooks results
@@ -39,11 +51,13 @@ workbook: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m liftcam_utils.workbook --in-place
 
-# a random token guards the app; only this machine can reach it (127.0.0.1)
+# a random token guards the app; only this machine can reach it (127.0.0.1). apps/jupyter holds its Voila template
+# and, in config/voila.py, its settings: a websocket message limit that lets a 20-megapixel upload through
 explorer: $(STAMP)
 	@token=$$($(BIN)/python -c "import secrets; print(secrets.token_hex(24))"); \
 	echo "LIFT-CAM explorer: open http://127.0.0.1:$(EXPLORER_PORT)/?token=$$token (Ctrl-C stops it)"; \
-	JUPYTER_PATH="$(CURDIR)/apps/jupyter" $(BIN)/voila apps/explorer.ipynb --template=offline-lab --no-browser \
+	JUPYTER_PATH="$(CURDIR)/apps/jupyter" JUPYTER_CONFIG_PATH="$(CURDIR)/apps/jupyter/config" \
+	  $(BIN)/voila apps/explorer.ipynb --template=offline-lab --no-browser \
 	  --Voila.ip=127.0.0.1 --port=$(EXPLORER_PORT) --Voila.port_retries=0 --token=$$token
 
 clean:

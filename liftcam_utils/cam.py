@@ -42,6 +42,7 @@ class CamInput:
 
 
 def _check_images(x: torch.Tensor) -> None:
+    """Refuse anything but a finite floating-point (B, C, H, W) batch, with a message that says what is valid."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor batch of images, got {type(x).__name__}")
     if x.dim() != 4:
@@ -51,6 +52,11 @@ def _check_images(x: torch.Tensor) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor (preprocessed images), got {x.dtype}")
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not finite.all():
+        bad = (~finite).nonzero()[:, 0].tolist()
+        raise ValueError(f"x has NaN or infinite values in image(s) {bad} of the batch; explanations need finite "
+                         "inputs (check the preprocessing)")
 
 
 def _check_maps(maps: torch.Tensor, split: CamSplit) -> None:
@@ -70,24 +76,39 @@ def _check_maps(maps: torch.Tensor, split: CamSplit) -> None:
         )
 
 
+_VALID_TARGETS = ("None (the predicted class), an integer class (a Python int, a NumPy integer or a 0-d integer "
+                 "tensor) for every image, or one integer class per image (a sequence, a NumPy integer array or a "
+                 "1-d integer tensor)")
+
+
+def _target_classes(target) -> torch.Tensor:
+    """``target`` (anything but None) as an integer tensor; ``TypeError`` naming what is valid otherwise."""
+    try:
+        classes = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a string or an object array
+        raise TypeError(f"target must be {_VALID_TARGETS}; got {type(target).__name__}") from error
+    if classes.dtype == torch.bool or classes.is_floating_point() or classes.is_complex():
+        raise TypeError(f"target classes must be integers, got {classes.dtype} from {type(target).__name__}; "
+                        f"target must be {_VALID_TARGETS}")
+    return classes
+
+
 def resolve_target(target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor
                    ) -> torch.Tensor:
-    """Class index per image: ``None`` = the predicted class; an int = that class for all images;
-    a sequence or tensor = one class per image (its length must equal the batch size)."""
+    """Class index per image: ``None`` = the predicted class; an integer = that class for all images;
+    a sequence, array or tensor of integers = one class per image (its length must equal the batch size).
+    Booleans and floats are refused (``TypeError``), even integral ones: ``True`` or ``2.0`` is likely a mistake."""
     batch, num_classes = logits.shape
     if target is None:
         return logits.argmax(1)
-    if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.dim() == 0):
-        target = torch.full((batch,), int(target), dtype=torch.long)
-    else:
-        target = torch.as_tensor(target)
-        if target.dim() != 1 or target.shape[0] != batch:
-            raise ValueError(
-                f"target must be None, an int, or one class per image: got shape "
-                f"{tuple(target.shape)} for a batch of {batch} images"
-            )
-        if target.is_floating_point() or target.dtype == torch.bool:
-            raise TypeError(f"target classes must be integers, got {target.dtype}")
+    target = _target_classes(target)
+    if target.dim() == 0:
+        target = target.reshape(1).repeat(batch)
+    elif target.dim() != 1 or target.shape[0] != batch:
+        raise ValueError(
+            f"target must be None, an int, or one class per image: got shape "
+            f"{tuple(target.shape)} for a batch of {batch} images"
+        )
     target = target.to(device=logits.device, dtype=torch.long)
     bad = (target < 0) | (target >= num_classes)
     if bad.any():

@@ -1,6 +1,9 @@
 """Servers and a browser for the end-to-end tests: JupyterLab and Voila on loopback with a random token, and
 Debian's headless Chromium driven by Playwright (never a browser download).
 
+Without Chromium the browser tests are skipped, with what to install, unless ``LIFTCAM_REQUIRE_BROWSER=1``
+(``make test`` sets it where it can install Chromium: as root with apt-get, as on CI), where they fail instead.
+
 Every server runs in its own process group with private Jupyter config, data and runtime folders; stopping it
 terminates the group and any kernel it started (kernels run in sessions of their own), then kills what is left.
 """
@@ -20,14 +23,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
+REQUIRE_BROWSER = "LIFTCAM_REQUIRE_BROWSER"
 # without these, Chromium's own connections to the outside are refused by a closed network and logged as errors
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 120
 STOP_SECONDS = 15
+
+
+def check_chromium(path: Path = CHROMIUM, environ=os.environ) -> None:
+    """Skip the calling test when Chromium is not at ``path``; fail it instead when ``environ`` sets
+    ``LIFTCAM_REQUIRE_BROWSER=1``, so that a machine meant to run the browser tests (CI) never skips them."""
+    if path.is_file() and os.access(path, os.X_OK):
+        return
+    install = (f"{path} is missing: install Debian's chromium package (as root: apt-get install -y chromium) to run "
+               f"the browser tests")
+    if environ.get(REQUIRE_BROWSER) == "1":
+        pytest.fail(f"{install}; {REQUIRE_BROWSER}=1 requires them (make test sets it as root where apt-get exists; "
+                    f"{REQUIRE_BROWSER}=0 skips them)", pytrace=False)
+    pytest.skip(install)
 
 
 def free_port() -> int:
@@ -39,12 +57,14 @@ def free_port() -> int:
 
 def jupyter_environment(folder: Path) -> dict[str, str]:
     """The environment for a server whose Jupyter config, data and runtime files live in ``folder`` (so neither
-    the user's settings nor an earlier run change what the tests see), with the explorer's Voila template."""
+    the user's settings nor an earlier run change what the tests see), with the explorer's Voila template and
+    settings (``apps/jupyter``), as ``make explorer`` has."""
     env = dict(os.environ)
     for name in ("config", "data", "runtime"):
         (folder / name).mkdir(parents=True, exist_ok=True)
         env[f"JUPYTER_{name.upper()}_DIR"] = str(folder / name)
     env["JUPYTER_PATH"] = str(REPO / "apps" / "jupyter")
+    env["JUPYTER_CONFIG_PATH"] = str(REPO / "apps" / "jupyter" / "config")  # the explorer's Voila settings
     env["PYTHONUNBUFFERED"] = "1"
     # one torch thread per kernel: on a CPU shared with other jobs (CI) two threads that wait for each other make
     # every redraw about ten times slower

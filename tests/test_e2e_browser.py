@@ -2,24 +2,34 @@
 
 Each test changes a control as a reader would and asserts that the rendered map (a PNG in the page) changed
 pixel for pixel, that bad input is answered by a message in the page, that the browser console shows no error,
-and that no request leaves the loopback interface. Screenshots go to ``results/screenshots/``.
+and that no request leaves the loopback interface. Screenshots go to ``results/screenshots/``. Without Chromium
+these tests are skipped (or fail where ``LIFTCAM_REQUIRE_BROWSER=1``: see ``browser_servers.check_chromium``);
+the explorer server's websocket limit is checked without a browser.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
+import json
+import re
 import shutil
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from browser_servers import CHROMIUM, CHROMIUM_ARGS, REPO, jupyter_lab, status, voila
+from browser_servers import CHROMIUM, CHROMIUM_ARGS, REPO, check_chromium, jupyter_lab, status, voila
+from jupyter_client.session import Session
+from jupyter_server.services.kernels.connection.base import serialize_binary_message
 from PIL import Image
+from tornado.websocket import websocket_connect
 
 from liftcam_utils.files import write_atomically
+from liftcam_utils.uploads import MAX_PIXELS
 
 pytestmark = pytest.mark.e2e
 SCREENSHOTS = REPO / "results" / "screenshots"
@@ -29,8 +39,7 @@ MAP = ".liftcam-explanation img"
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium)")
+    check_chromium()
     for stale in SCREENSHOTS.glob("FAILED_*.png"):
         stale.unlink()
     from playwright.sync_api import sync_playwright
@@ -138,7 +147,7 @@ def lab(tmp_path_factory):
         server.stop()
 
 
-def test_explorer_in_voila(explorer, browser):
+def test_explorer_in_voila(browser, explorer):
     assert status(explorer.base + "/") == 302, "Voila must send a reader without the token to its login page"
     watched = Watched(browser, height=1750)  # the whole app: Voila scrolls inside the page
     page = watched.page
@@ -186,7 +195,7 @@ def test_explorer_in_voila(explorer, browser):
     assert watched.problems == []
 
 
-def test_quickstart_explorer_in_jupyterlab(lab, browser):
+def test_quickstart_explorer_in_jupyterlab(browser, lab):
     assert status(lab.base + "/api/status") == 403, "JupyterLab must refuse a request without the token"
     watched = Watched(browser)
     page = watched.page
@@ -215,3 +224,31 @@ def test_quickstart_explorer_in_jupyterlab(lab, browser):
         cell.locator(MAP).first.scroll_into_view_if_needed()
         watched.screenshot("quickstart_jupyterlab.png")
     assert watched.problems == []
+
+
+def test_explorer_takes_a_20_megapixel_upload(explorer):
+    """The upload button sends a file to the kernel in one websocket message: a message the size of an uncompressed
+    20-megapixel RGBA image (over Tornado's default limit of 10 MiB; apps/jupyter/config/voila.py raises it) reaches
+    the kernel, which answers the request it carries, instead of closing the connection."""
+    with urllib.request.urlopen(explorer.url("/"), timeout=WAIT_MS / 1000) as page:  # Voila starts a kernel
+        kernel = re.search(r'"kernelId":\s*"([0-9a-f-]+)"', page.read().decode())[1]
+    request = Session().msg("kernel_info_request")
+    request.update(channel="shell", buffers=[bytes(4 * MAX_PIXELS + 1024)])
+
+    async def answer() -> dict | None:
+        address = explorer.url(f"/api/kernels/{kernel}/channels").replace("http://", "ws://")
+        connection = await websocket_connect(address)
+        try:
+            await connection.write_message(serialize_binary_message(request), binary=True)
+            while (message := await connection.read_message()) is not None:  # None: the server closed it
+                reply = json.loads(message) if isinstance(message, str) else {}  # legacy protocol: text
+                if reply.get("parent_header", {}).get("msg_id") == request["header"]["msg_id"] \
+                        and reply["msg_type"] == "kernel_info_reply":
+                    return reply
+            return None
+        finally:
+            connection.close()
+
+    reply = asyncio.run(asyncio.wait_for(answer(), WAIT_MS / 1000))
+    assert reply is not None, "the server closed the kernel connection on a 20-megapixel message"
+    assert reply["content"]["status"] == "ok"

@@ -1,5 +1,6 @@
 """The shared pipeline: targets, batches, modes, hooks, normalisation and input errors."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -92,6 +93,45 @@ def test_target_errors_name_what_is_valid(small, batch):
         lu.coefficients("gradcam", split, batch, target=[0, 1, 2, 3])
     with pytest.raises(TypeError, match="integers"):
         lu.coefficients("gradcam", split, batch, target=torch.tensor([0.0, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize("target, dtype", [
+    (True, "torch.bool"), (np.bool_(False), "torch.bool"), (torch.tensor(True), "torch.bool"),
+    ([True, False, True], "torch.bool"), (1.0, "torch.float"), (np.float32(2), "torch.float"),
+    (torch.tensor(1.0), "torch.float"), (np.array([0.0, 1.0, 2.0]), "torch.float"), ([0, 1.5, 2], "torch.float"),
+])
+def test_bool_and_float_targets_are_refused(small, batch, target, dtype):
+    split = lu.split_model(small, "features.2")
+    with pytest.raises(TypeError, match=rf"target classes must be integers, got {dtype}.*a NumPy integer"):
+        lu.coefficients("gradcam", split, batch, target=target)
+    with pytest.raises(TypeError, match=r"target must be None \(the predicted class\), an integer class"):
+        lu.coefficients("gradcam", split, batch, target="cat")
+
+
+@pytest.mark.parametrize("target", [np.int64(2), np.int32(2), np.array(2), np.uint8(2), torch.tensor(2)])
+def test_numpy_and_tensor_integer_scalars_are_one_class_for_all(small, batch, target):
+    split = lu.split_model(small, "features.2")
+    torch.testing.assert_close(lu.coefficients("gradcam", split, batch, target=target),
+                               lu.coefficients("gradcam", split, batch, target=2))
+
+
+@pytest.mark.parametrize("target", [np.array([0, 1, 2]), np.array([0, 1, 2], dtype=np.int32),
+                                    [np.int64(0), np.int64(1), np.int64(2)],
+                                    torch.tensor([0, 1, 2], dtype=torch.int16)])
+def test_integer_arrays_are_one_class_per_image(small, batch, target):
+    split = lu.split_model(small, "features.2")
+    torch.testing.assert_close(lu.coefficients("gradcam", split, batch, target=target),
+                               lu.coefficients("gradcam", split, batch, target=[0, 1, 2]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_images_are_refused(small, batch, bad):
+    split = lu.split_model(small, "features.2")
+    batch = batch.clone()
+    batch[1, 2, 3, 4] = bad
+    for explain in (lu.coefficients, lu.saliency):
+        with pytest.raises(ValueError, match=r"x has NaN or infinite values in image\(s\) \[1\] of the batch"):
+            explain("liftcam", split, batch)
 
 
 def test_input_errors_name_what_is_valid(small, batch):

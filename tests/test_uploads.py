@@ -6,9 +6,12 @@ import struct
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, GifImagePlugin, Image, TiffImagePlugin
 
-from liftcam_utils.uploads import MAX_PIXELS, MAX_SIDE, read_uploaded_image
+from liftcam_utils.uploads import ACCEPTED, MAX_PIXELS, MAX_SIDE, read_uploaded_image
+
+# the header of an Encapsulated PostScript file: Pillow would render it with Ghostscript when decoded
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n0 0 moveto 16 16 lineto stroke\n%%EOF\n"
 
 
 def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
@@ -98,12 +101,94 @@ def test_other_modes():
     assert notes == ["CMYK image (mode CMYK) converted to RGB"]
 
 
-def test_animation_keeps_its_first_frame():
+def never_counted(*_args):
+    raise AssertionError("the frames of an upload were counted")
+
+
+@pytest.mark.parametrize("format, options", [
+    ("GIF", {"duration": 100}),
+    ("PNG", {"duration": 100}),  # APNG
+    ("WEBP", {"duration": 100, "lossless": True}),
+    ("TIFF", {}),  # pages
+    ("MPO", {}),  # a camera's JPEG with an embedded preview
+])
+def test_only_the_first_frame_is_used(format, options, monkeypatch):
     frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
-    content = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
-    image, notes = read_uploaded_image(content, "anim.gif")
-    assert notes[0] == "animated image: the first of its 3 frames is used"
-    assert np.asarray(image)[8, 8].tolist() == [255, 0, 0]
+    content = encoded(frames[0], format, save_all=True, append_images=frames[1:], **options)
+    for plugin in (GifImagePlugin.GifImageFile, TiffImagePlugin.TiffImageFile):  # the two that walk the file
+        monkeypatch.setattr(plugin, "n_frames", property(never_counted))
+    image, notes = read_uploaded_image(content, "frames")
+    assert notes[0] == "image with several frames (an animation or pages): only its first frame is used"
+    red = np.asarray(image)[8, 8].astype(int)
+    assert red[0] >= 250 and red[1:].max() <= 5  # MPO frames are lossy JPEG
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning", "ignore:Truncated File Read:UserWarning")
+@pytest.mark.parametrize("format", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_a_file_cut_anywhere_is_read_or_refused(format):
+    """A truncated file, even one cut inside the second frame that the frame check reads, is either read or refused
+    with a ValueError: never another exception (e.g. Pillow's IndexError on a GIF cut there)."""
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    content = encoded(frames[0], format, save_all=True, append_images=frames[1:])
+    refused = 0
+    for end in range(1, len(content)):
+        try:
+            read_uploaded_image(content[:end], "cut")
+        except ValueError:
+            refused += 1
+    assert refused > 0
+
+
+def test_formats_not_listed_are_refused_by_name():
+    picture = Image.new("RGB", (16, 16), (10, 20, 30))
+    for format in ("ICO", "PCX", "PPM", "JPEG2000"):
+        content = encoded(picture, format)
+        assert Image.open(io.BytesIO(content)).format == format  # Pillow itself reads it
+        with pytest.raises(ValueError, match=f"'f' is an image in {format} format, which this app does not read; "
+                                             f"upload a {ACCEPTED} file"):
+            read_uploaded_image(content, "f")
+
+
+def test_eps_is_refused_without_running_its_parser_or_ghostscript(monkeypatch):
+    assert Image.open(io.BytesIO(EPS)).format == "EPS"  # a file Pillow would parse, then render with Ghostscript
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("Pillow's EPS support ran on an upload")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", forbidden)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", forbidden)
+    with pytest.raises(ValueError, match="'figure.eps' is an image in EPS format, which this app does not read"):
+        read_uploaded_image(EPS, "figure.eps")
+
+
+def test_damaged_header_of_an_accepted_format():
+    content = encoded(Image.new("RGB", (16, 16)))
+    damaged = content[:16] + b"\x00" * 20  # the PNG signature, then no valid header chunk
+    with pytest.raises(ValueError, match=r"'f' is a damaged PNG file \(its header cannot be read\)"):
+        read_uploaded_image(damaged, "f")
+
+
+def test_damaged_exif_is_refused():
+    content = encoded(Image.new("RGB", (16, 16)), "PNG", exif=b"not a TIFF block")
+    with pytest.raises(ValueError, match=r"'f' has a damaged EXIF block \(SyntaxError: not a TIFF file"):
+        read_uploaded_image(content, "f")
+
+
+def test_unknown_exif_orientation_is_ignored_with_a_note():
+    exif = Image.Exif()
+    exif[0x0112] = 9
+    image, notes = read_uploaded_image(encoded(Image.new("RGB", (40, 20)), "JPEG", exif=exif), "f")
+    assert image.size == (40, 20) and notes == ["EXIF orientation 9 is not one of 1-8: ignored"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_images_with_non_finite_values_are_refused(bad):
+    values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    image, notes = read_uploaded_image(encoded(Image.fromarray(values), "TIFF"), "depth.tif")
+    assert notes == ["F grayscale image: its range [0, 1] mapped to [0, 255], converted to RGB"]
+    values[3, 4] = bad
+    with pytest.raises(ValueError, match="'depth.tif' has NaN or infinite pixel values"):
+        read_uploaded_image(encoded(Image.fromarray(values), "TIFF"), "depth.tif")
 
 
 def test_exif_orientation_is_applied():
