@@ -2,6 +2,7 @@
 
     python -m liftcam_utils.workbook [NOTEBOOK_DIR] [OUTPUT_DIR] [-p NAME VALUE ...]
     python -m liftcam_utils.workbook --in-place [NOTEBOOK ...]
+    python -m liftcam_utils.workbook --quick-copies DIR
 
 Executed notebooks are written to ``OUTPUT_DIR`` (default ``results/``), with the tables and figures
 they save and ``REPORT.md``, which collects them. ``-p`` overrides a
@@ -9,7 +10,13 @@ parameter of every notebook that declares it in its ``parameters`` cell (values 
 Python literals where possible, e.g. ``-p n_images 1000 -p device cuda``).
 
 ``--in-place`` re-executes committed notebooks (all numbered ones by default) at their default
-parameters, keeping their outputs for readers, without papermill's timing metadata.
+parameters, keeping their outputs for readers, without papermill's timing metadata, and rebuilds
+``results/REPORT.md`` from the tables they save there.
+
+``--quick-copies DIR`` writes a copy of every numbered notebook to ``DIR`` with
+:data:`QUICK_PARAMETERS` injected (papermill's "injected-parameters" cell) and the committed outputs
+kept, for ``make test``: nbval re-executes the copies and compares their checked cells, which state
+invariants that hold at any scale, with the committed outputs computed at the full defaults.
 """
 
 from __future__ import annotations
@@ -20,6 +27,15 @@ import sys
 from pathlib import Path
 
 from .report import build_report
+
+# Small sizes for the test suite; notebooks not listed run at their defaults (they take seconds).
+QUICK_PARAMETERS = {
+    "02_shapcam_convergence": {"n_images": 3, "n_runs": 2, "n_reference": 64},
+    "03_cosine_similarity": {"n_images": {"photos": 3, "scenes": 12}, "n_permutations": {"photos": 40, "scenes": 200}},
+    "04_faithfulness": {"n_images": 3, "scenes_n_images": 12, "plot_photo_curves": False},
+    "05_localization": {"n_images": 24, "n_grids": 4},
+    "06_vqa": {"n_images": 60},
+}
 
 
 def _literal(text: str):
@@ -72,10 +88,37 @@ def refresh(notebooks: list[Path]) -> None:
         nbformat.write(nb, notebook)
 
 
+def write_quick_copies(notebook_dir: Path, target_dir: Path) -> list[Path]:
+    """Copies of the numbered notebooks with :data:`QUICK_PARAMETERS` injected and their outputs kept."""
+    import nbformat
+    import papermill
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    target_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for notebook in notebooks_in(notebook_dir):
+        declared = papermill.inspect_notebook(str(notebook))
+        parameters = {"output_dir": str((target_dir / "results").resolve()), **QUICK_PARAMETERS.get(notebook.stem, {})}
+        unknown = sorted(set(parameters) - set(declared))
+        if unknown:
+            raise ValueError(f"{notebook.name} declares no parameter(s) {unknown}; it declares {sorted(declared)}")
+        quick = parameterize_notebook(load_notebook_node(str(notebook)), parameters)
+        quick.metadata.pop("papermill", None)
+        for cell in quick.cells:
+            cell.metadata.pop("papermill", None)
+        target = target_dir / notebook.name
+        nbformat.write(quick, target)
+        written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--in-place", nargs="*", type=Path, metavar="NOTEBOOK",
                         help="re-execute these committed notebooks (default: all numbered ones) in place")
+    parser.add_argument("--quick-copies", type=Path, metavar="DIR",
+                        help="write copies of the notebooks at the test suite's small parameters to DIR")
     parser.add_argument("notebook_dir", nargs="?", default="notebooks", type=Path)
     parser.add_argument("output_dir", nargs="?", default="results", type=Path)
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
@@ -83,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.in_place is not None:
         refresh(args.in_place or notebooks_in(args.notebook_dir))
+        if args.output_dir.is_dir():
+            print(f"report: {build_report(args.output_dir)}")
+        return 0
+    if args.quick_copies is not None:
+        written = write_quick_copies(args.notebook_dir, args.quick_copies)
+        print(f"{len(written)} notebooks at the quick parameters in {args.quick_copies}/")
         return 0
     if not args.notebook_dir.is_dir():
         parser.error(f"notebook directory {args.notebook_dir} does not exist")
