@@ -8,6 +8,8 @@ Only the head is evaluated, never the body. Where the head factors as ``R o M o 
 (:mod:`liftcam_utils.head_factoring`), each channel's contribution ``D_k`` to the first mixing
 op's output is computed once per image, and a coalition costs a sum of ``D_k`` plus one
 evaluation of ``R``; along an ordering, the prefixes are running sums, several orderings at a time.
+The sums rest on the additivity of ``M``'s output over channels, which is checked once per game, on
+the full coalition and one random coalition; where it fails, the game evaluates the full head instead.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ def check_positive_int(name: str, value) -> int:
 
 
 class ChannelGame:
-    """``v(a') = F^c(h_A(a'))`` for image ``index`` of ``inputs``; ``batch_size`` head inputs at a time."""
+    """``v(a') = F^c(h_A(a'))`` for image ``index`` of ``inputs``; ``batch_size`` head inputs at a time.
+
+    Through the head's factors where it has them and their contributions add up on this image's maps
+    (:meth:`~liftcam_utils.head_factoring.HeadFactors.contributions`), else by evaluating the full head.
+    """
 
     def __init__(self, inputs: CamInput, index: int, batch_size: int = 256):
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -42,10 +48,12 @@ class ChannelGame:
         self.n = self.maps.shape[0]
         self._head = inputs.split.head
         self._factored = factor_head(self._head)
-        if self._factored is None:
+        parts = None if self._factored is None else self._factored.contributions(self.maps, batch_size)
+        if parts is None:  # no factors, or their contributions do not add up on these maps
+            self._factored = None
             self.orderings_per_batch = max(1, batch_size // self.n)
         else:
-            self._base, self._full, self._contributions = self._factored.contributions(self.maps, batch_size)
+            self._base, self._full, self._contributions = parts
             self._readout = self._factored.readout(self._base, self.target)
             size = self._contributions.shape[1]
             budget = _PREFIX_BUDGET.get(self.maps.device.type, _PREFIX_BUDGET["cpu"])

@@ -1,16 +1,24 @@
 """Factor a head as ``F = R o M o P`` to evaluate many channel coalitions cheaply (SPEC sec. 6).
 
-``P`` acts on each channel alone (elementwise non-linearities, batch norm, pooling, depthwise
-convolution, reshapes), ``M`` starts at the first op that mixes channels, which must be affine
-(a convolution or a linear layer), and takes in every affine op after it (batch norm, further
-convolutions) up to the next non-linearity; ``R`` is the rest. Zeroing channel ``k`` of ``A`` then changes only channel
-``k`` of ``P``'s output, so for any coalition ``S``
+``P`` acts on each channel alone, ``M`` starts at the first op that mixes channels, which must be
+affine (a convolution or a linear layer), and takes in every affine op after it (batch norm,
+further convolutions) up to the next non-linearity; ``R`` is the rest. Zeroing channel ``k`` of ``A``
+then changes only the entries of ``P``'s output that come from channel ``k``, so for any coalition ``S``
 
-    M(P(A * 1_S)) = M(P(0)) + sum_{k in S} D_k,   D_k = M(P(A * e_k)) - M(P(0)),
+    M(P(A * 1_S)) = M(P(0)) + sum_{k in S} D_k,   D_k = M(P(A * e_k)) - M(P(0)),          (*)
 
 and ``F^c(h_A(S)) = R(base + sum_{k in S} D_k)[c]``. The ``D_k`` are computed once per image;
-each coalition then costs a sum and one evaluation of ``R`` only. Heads without this structure
-(e.g. a squeeze-and-excitation gate before the first mixing op) are evaluated in full.
+each coalition then costs a sum and one evaluation of ``R`` only.
+
+``P`` admits only ops known to keep the channels apart. On the head's input ``A`` (B, N, h, w):
+entrywise ops (elementwise non-linearities, eval-mode batch norm, dropout, identity) anywhere,
+reshapes (``flatten``, ``view``, ``reshape``), and ops that act on each ``h x w`` map alone (2-d average
+and max pooling, zero padding, depthwise convolution), the last only while no reshape has come
+before them: after one, dimension 1 need not hold the channels, and e.g. a max-pool over a
+flattened vector takes maxima across channel borders, which (*) does not model. Heads without
+this structure (such a pool, a squeeze-and-excitation gate before the first mixing op) are
+evaluated in full. As a guard against ops that only look channelwise (a module subclass whose
+forward mixes channels), (*) is checked on every image's rows (:meth:`HeadFactors.contributions`).
 
 When ``M`` is pointwise (1 x 1 convolutions, batch norms: the same affine map ``z = W' u + b'`` of
 the channel vector ``u`` at every position ``p``), ``D_k(j, p) = W'_{jk} (P(A)_k(p) - P(0)_k(p))``
@@ -22,6 +30,7 @@ the end of ``R`` is one matrix-vector product.
 
 from __future__ import annotations
 
+import enum
 import weakref
 from dataclasses import dataclass
 
@@ -31,42 +40,74 @@ from torch import fx, nn
 from .head_ops import OpKind, UnsupportedHeadOpError, classify_head
 from .split import CamSplit
 
-_CHANNELWISE_MODULES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.ZeroPad2d, nn.Flatten,
-)
-_MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_POINTWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Identity, nn.Dropout, nn.Dropout1d,
+# P's ops by what they do to the channels of A (B, N, h, w). Entrywise: each output entry is a
+# function of one input entry, whatever the layout (in eval mode). These also apply one affine map
+# to the channel vector at every position, i.e. they are pointwise.
+_ENTRYWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Identity, nn.Dropout, nn.Dropout1d,
                       nn.Dropout2d, nn.Dropout3d)
+_ENTRYWISE_CALLS = {"contiguous", "clone", "dropout"}
+# Mapwise: each output map is a function of one input map, while dimension 1 holds the channels.
+# (A 3-d pool of (B, N, h, w) reads it as an unbatched (C, D, H, W) and pools across channels.)
+_MAPWISE_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.ZeroPad2d)
+_MAPWISE_CALLS = {"adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "adaptive_max_pool2d"}
+# Reshapes: they move entries, never combine them, but dimension 1 no longer holds the channels.
+_RESHAPE_MODULES = (nn.Flatten,)
+_RESHAPE_CALLS = {"flatten", "view", "reshape"}
+_MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # A power of two: probing M with it and dividing by it is exact.
 _PROBE = 2.0**12
-# Float32 sums of N rows stay far inside this fraction of their magnitude; moved values do not.
-_POINTWISE_TOLERANCE = 1e-4
-_CHANNELWISE_CALLS = {"flatten", "view", "reshape", "contiguous", "clone", "adaptive_avg_pool2d", "avg_pool2d",
-                      "dropout"}
+# Float32 sums of N rows stay far inside this fraction of their magnitude; moved or mixed values do not.
+_ADDITIVITY_TOLERANCE = 1e-4
+# The random coalition on which (*) is checked: the same for every image and every call.
+_CHECK_SEED = 0
+
+
+class _Role(enum.Enum):
+    ENTRYWISE = "entrywise"
+    MAPWISE = "mapwise"
+    RESHAPE = "reshape"
+
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1
+    """A convolution with one filter per channel (no channel multiplier: output map k reads map k only)."""
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
 
 
-def _mixing_end(head: fx.GraphModule) -> str | None:
-    """The module name of ``M``'s last op, or None when ``P`` is not a chain of channelwise ops
-    followed by an affine mixing op."""
+def _role(node: fx.Node, kind: OpKind, head: fx.GraphModule) -> _Role | None:
+    """What an op before ``M`` does to the channels, or None when it may mix them."""
+    if node.op == "call_module":
+        module = head.get_submodule(node.target)
+        if kind is OpKind.ELEMENTWISE or isinstance(module, _ENTRYWISE_MODULES):
+            return _Role.ENTRYWISE
+        if isinstance(module, _MAPWISE_MODULES) or _is_depthwise(module):
+            return _Role.MAPWISE
+        return _Role.RESHAPE if isinstance(module, _RESHAPE_MODULES) else None
+    name = getattr(node.target, "__name__", node.target)
+    if kind is OpKind.ELEMENTWISE or name in _ENTRYWISE_CALLS:
+        return _Role.ENTRYWISE
+    if name in _MAPWISE_CALLS:
+        return _Role.MAPWISE
+    return _Role.RESHAPE if name in _RESHAPE_CALLS else None
+
+
+def _mixing_end(head: fx.GraphModule) -> tuple[str, bool] | None:
+    """The module name of ``M``'s last op and whether ``P`` reshapes, or None when ``P`` is not a
+    chain of ops that keep the channels apart (module docstring) followed by an affine mixing op."""
     try:
         kinds = classify_head(head)
     except UnsupportedHeadOpError:
         return None
-    mixing_end = None
+    mixing_end, reshaped = None, False
     for node, kind in kinds.items():
         if kind is OpKind.METADATA:
             continue
         variable_users = [u for u in node.users if kinds.get(u, OpKind.METADATA) is not OpKind.METADATA]
         if mixing_end is not None:  # extend M over the affine ops that follow it
             if kind is not OpKind.AFFINE or len(variable_users) != 1:
-                return mixing_end
+                return mixing_end, reshaped
             if node.op == "call_module":
                 mixing_end = node.target
             continue
@@ -75,16 +116,13 @@ def _mixing_end(head: fx.GraphModule) -> str | None:
             if isinstance(module, _MIXING_MODULES) and not _is_depthwise(module):
                 mixing_end = node.target
                 if len(variable_users) != 1:
-                    return mixing_end
+                    return mixing_end, reshaped
                 continue
-            channelwise = isinstance(module, _CHANNELWISE_MODULES) or _is_depthwise(module) or kind in (
-                OpKind.ELEMENTWISE, OpKind.MAX_POOL)
-        else:
-            name = getattr(node.target, "__name__", node.target)
-            channelwise = kind in (OpKind.ELEMENTWISE, OpKind.MAX_POOL) or name in _CHANNELWISE_CALLS
-        if not channelwise or len(variable_users) != 1:
+        role = _role(node, kind, head)
+        if role is None or (role is _Role.MAPWISE and reshaped) or len(variable_users) != 1:
             return None
-    return mixing_end
+        reshaped = reshaped or role is _Role.RESHAPE
+    return None if mixing_end is None else (mixing_end, reshaped)
 
 
 def _is_pointwise(module: nn.Module) -> bool:
@@ -93,7 +131,7 @@ def _is_pointwise(module: nn.Module) -> bool:
         no_padding = isinstance(module.padding, str) or not any(module.padding)  # 'same' of a 1 x 1 kernel is 0
         return (module.groups == 1 and no_padding and all(k == 1 for k in module.kernel_size)
                 and all(s == 1 for s in module.stride))
-    return isinstance(module, _POINTWISE_MODULES)
+    return isinstance(module, _ENTRYWISE_MODULES)
 
 
 def _pointwise_parts(mix: fx.GraphModule) -> tuple[fx.GraphModule | None, fx.GraphModule] | None:
@@ -150,17 +188,29 @@ class HeadFactors:
         return torch.addmv(bias, hidden.flatten(1), weight)
 
     @torch.no_grad()
-    def contributions(self, maps: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``M(P(0))``, ``M(P(A))`` and the rows ``D_k`` (N, size of M's output) for the maps ``A`` (N, ...).
+    def contributions(self, maps: torch.Tensor, batch_size: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``M(P(0))``, ``M(P(A))`` and the rows ``D_k`` (N, size of M's output) for the maps ``A`` (N, ...),
+        or None when the rows do not satisfy (*) of the module docstring: then the head must be
+        evaluated in full.
 
-        From one outer product per channel when ``M`` is pointwise, else from N evaluations of
-        ``M o P``, ``batch_size`` at a time.
+        From one outer product per channel when ``M`` is pointwise, else (or when those rows do not add
+        up: a 1 x 1 convolution whose own forward moves values between positions is not pointwise)
+        from N evaluations of ``M o P``, ``batch_size`` at a time. Rows are accepted when (*) holds on
+        the full coalition and on one random coalition (:func:`_adds_up`), at the cost of one more
+        evaluation of ``M o P``.
         """
+        n = maps.shape[0]
         base = self.mix(torch.zeros_like(maps)[None])[0]
         full = self.mix(maps[None])[0]
-        rows = None if self.pointwise is None else self._outer_product_rows(maps, base, full)
-        if rows is None:
+        sample = torch.rand(n, generator=torch.Generator().manual_seed(_CHECK_SEED)) < 0.5
+        coalitions = torch.stack([torch.ones(n), sample.float()]).to(maps)
+        values = torch.stack([full, self.mix(maps[None] * coalitions[1].view(n, *[1] * (maps.dim() - 1)))[0]])
+        rows = None if self.pointwise is None else self._outer_product_rows(maps, base)
+        if rows is None or not _adds_up(base, rows, coalitions, values):
             rows = self._evaluated_rows(maps, base, batch_size)
+            if not _adds_up(base, rows, coalitions, values):
+                return None
         return base, full, rows
 
     def _evaluated_rows(self, maps: torch.Tensor, base: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -170,10 +220,9 @@ class HeadFactors:
         return torch.cat([(self.mix(maps[None] * units[start:start + batch_size]) - base).flatten(1)
                           for start in range(0, n, batch_size)])
 
-    def _outer_product_rows(self, maps: torch.Tensor, base: torch.Tensor, full: torch.Tensor) -> torch.Tensor | None:
-        """``D_k(j, p) = W'_{jk} (P(A)_k(p) - P(0)_k(p))`` for a pointwise ``M``, or None when the rows
-        do not add up to ``M(P(A)) - M(P(0))`` (a 1 x 1 convolution whose own forward moves values
-        between positions is not pointwise)."""
+    def _outer_product_rows(self, maps: torch.Tensor, base: torch.Tensor) -> torch.Tensor | None:
+        """``D_k(j, p) = W'_{jk} (P(A)_k(p) - P(0)_k(p))`` for a pointwise ``M``, or None when their size
+        is not that of ``M``'s output ``base``."""
         channelwise, pointwise = self.pointwise
         zeros = torch.zeros_like(maps)[None]
         change = maps if channelwise is None else (channelwise(maps[None]) - channelwise(zeros))[0]
@@ -182,11 +231,17 @@ class HeadFactors:
         probes = torch.eye(n, device=maps.device, dtype=maps.dtype).view(n, n, *[1] * (change.dim() - 1)) * _PROBE
         weights = ((pointwise(probes) - pointwise(torch.zeros_like(probes[:1]))) / _PROBE).flatten(1)  # row k: W'[:, k]
         rows = (weights[:, :, None] * change.flatten(1)[:, None, :]).flatten(1)
-        if rows.shape[1] != base.numel():
-            return None
-        scale = (base.abs().flatten() + rows.abs().sum(0)).max()
-        error = (base.flatten() + rows.sum(0) - full.flatten()).abs().max()
-        return rows if error <= _POINTWISE_TOLERANCE * scale else None
+        return rows if rows.shape[1] == base.numel() else None
+
+
+def _adds_up(base: torch.Tensor, rows: torch.Tensor, coalitions: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether ``M(P(A * 1_S)) = M(P(0)) + sum_{k in S} D_k`` (*) holds for each 0/1 row ``S`` of
+    ``coalitions`` (C, N), ``values`` (C, ...) being the evaluated left-hand sides, up to float32
+    rounding: within ``_ADDITIVITY_TOLERANCE`` of ``max_j (|M(P(0))_j| + sum_k |D_kj|)``, the magnitude
+    of every term of every such sum."""
+    error = (base.flatten() + coalitions @ rows - values.flatten(1)).abs().max()
+    scale = (base.abs().flatten() + torch.linalg.vector_norm(rows, 1, dim=0)).max()
+    return bool(error <= _ADDITIVITY_TOLERANCE * scale)
 
 
 def _split_off_affine_tail(rest: fx.GraphModule) -> tuple[fx.GraphModule, fx.GraphModule | None]:
@@ -205,12 +260,15 @@ def _split_off_affine_tail(rest: fx.GraphModule) -> tuple[fx.GraphModule, fx.Gra
 def factor_head(head: fx.GraphModule) -> HeadFactors | None:
     """The factors of ``head``, or None when it does not factor. Cached per head."""
     if head not in _cache:
-        name = _mixing_end(head)
+        found = _mixing_end(head)
         factors = None
-        if name is not None:
+        if found is not None:
+            name, reshaped = found
             try:
                 cut = CamSplit(head, name, require_maps=False)
-                factors = HeadFactors(cut.body, *_split_off_affine_tail(cut.head), _pointwise_parts(cut.body))
+                # the outer product reads P's output channel k as channel k's: not after a reshape
+                pointwise = None if reshaped else _pointwise_parts(cut.body)
+                factors = HeadFactors(cut.body, *_split_off_affine_tail(cut.head), pointwise)
             except ValueError:  # e.g. M is called twice, or R reads values from before M
                 factors = None
         _cache[head] = factors

@@ -1,13 +1,16 @@
 """The channel game: factored evaluation (R o M o P) equals full head evaluation."""
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
 import liftcam_utils as lu
-from liftcam_utils.cam import prepare
+from liftcam_utils.cam import CamInput, prepare
 from liftcam_utils.channel_game import ChannelGame
 from liftcam_utils.head_factoring import factor_head
+from liftcam_utils.methods.shapley import exact_shap, random_orderings, shapcam
 
 
 @pytest.mark.parametrize("model_name, layer, mixing_end, pointwise, tail", [
@@ -113,8 +116,10 @@ def test_a_one_by_one_convolution_that_moves_values_falls_back_to_evaluated_cont
     factors = factor_head(split.head)
     assert factors.pointwise is not None  # its type and sizes look pointwise ...
     maps = prepare(split, x).maps[0]
-    base, full, _ = factors.contributions(maps, batch_size=7)
-    assert factors._outer_product_rows(maps, base, full) is None  # ... but the rows do not add up
+    base, full, rows = factors.contributions(maps, batch_size=7)
+    outer = factors._outer_product_rows(maps, base)  # ... but its rows do not add up: evaluated ones replace them
+    assert (base.flatten() + outer.sum(0) - full.flatten()).abs().max() > 1e-2 * full.abs().max()
+    torch.testing.assert_close(base.flatten() + rows.sum(0), full.flatten(), rtol=1e-5, atol=1e-5)
     inputs = prepare(split, x)
     game = ChannelGame(inputs, 1, batch_size=7)
     coalitions = torch.rand(20, 40, generator=torch.Generator().manual_seed(2)) < 0.5
@@ -142,6 +147,7 @@ def test_factored_values_equal_full_head_values(lite0, images, layer):
     split = lite0.split(layer)
     inputs = prepare(split, images[:1])
     game = ChannelGame(inputs, 0, batch_size=64)
+    assert game._factored is not None  # the additivity check accepts the real head's rows
     n = game.n
     generator = torch.Generator().manual_seed(0)
     coalitions = torch.rand(12, n, generator=generator) < torch.linspace(0.05, 0.95, 12)[:, None]
@@ -162,6 +168,7 @@ def _prefixes(ordering):
 def test_ordering_values_are_the_prefix_values(vgg16, images):
     inputs = prepare(vgg16.split(), images[:1])
     game = ChannelGame(inputs, 0, batch_size=128)
+    assert game._factored is not None
     orderings = torch.stack([torch.randperm(game.n, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
     expected = torch.stack([_full_head_values(inputs, 0, _prefixes(o)) for o in orderings])
     torch.testing.assert_close(game.ordering_values(orderings), expected, rtol=1e-4, atol=1e-5)
@@ -208,3 +215,170 @@ def test_one_term_coalitions_take_the_sparse_path_exactly(lite0, images):
     without_one = 1 - torch.eye(game.n)[:40]
     torch.testing.assert_close(game.values(without_one), _full_head_values(inputs, 0, without_one),
                                rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# What may stand before M: ops that keep the channels apart, and nothing that merely looks like one
+# ------------------------------------------------------------------------------------------------
+
+
+class _Reshape(nn.Module):
+    """(B, N, h, w) -> (B, N h w) by a method or function call (``nn.Flatten`` is the module form)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+
+    def forward(self, a):
+        if self.how == "view":
+            return a.view(a.size(0), -1)
+        if self.how == "reshape":
+            return a.reshape(a.size(0), -1)
+        if self.how == "torch.flatten":
+            return torch.flatten(a, 1)
+        return a.flatten(1)
+
+
+class _AsPixel(nn.Module):
+    """(B, N, h, w) -> (B, N h w, 1, 1), then a ReLU module: P reshapes before a 1 x 1 convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, a):
+        return self.relu(a.view(a.size(0), -1, 1, 1))
+
+
+class _ChannelMax(nn.Conv2d):
+    """Looks like a depthwise convolution, but its forward first takes the max of each map and the
+    previous channel's map."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, a):
+        return super().forward(torch.maximum(a, a.roll(1, dims=1)))
+
+
+_RESHAPES = ["nn.Flatten", "view", "reshape", "torch.flatten", "method flatten"]
+
+
+def _reshape(how: str) -> nn.Module:
+    return nn.Flatten() if how == "nn.Flatten" else _Reshape(how)
+
+
+def _game_input(head: nn.Sequential, n: int, seed: int = 0) -> CamInput:
+    """Two images' dense positive 2 x 2 maps (N = ``n``) before ``head`` (random weights), targets 0 and 2."""
+    torch.manual_seed(seed)
+    split = lu.split_model(nn.Sequential(nn.Conv2d(3, n, 1), nn.ReLU(), head).eval(), "1")
+    maps = torch.rand(2, n, 2, 2, generator=torch.Generator().manual_seed(seed)) + 0.1
+    return CamInput(split, torch.zeros(2, 3, 2, 2), maps, torch.tensor([0, 2]))
+
+
+def _all_coalitions(n: int) -> torch.Tensor:
+    """Every coalition, coalition S at row sum_{k in S} 2^k."""
+    return (torch.arange(2 ** n)[:, None] >> torch.arange(n)) & 1
+
+
+def _mean_marginals(values: list[float], orderings) -> torch.Tensor:
+    """Each player's marginal contribution averaged over ``orderings``, from all 2^N coalition values
+    (:func:`_all_coalitions` order): exhaustive Shapley values (Eq. 6) over all N! orderings."""
+    orderings = [list(o) for o in orderings]
+    phi = torch.zeros(len(orderings[0]), dtype=torch.float64)
+    for ordering in orderings:
+        code = 0
+        for k in ordering:
+            phi[k] += values[code | 1 << k] - values[code]
+            code |= 1 << k
+    return phi / len(orderings)
+
+
+@pytest.mark.parametrize("how", _RESHAPES)
+def test_a_max_pool_across_channel_borders_after_a_reshape_is_not_factored(how):
+    """Flatten, then a max over windows of 3 entries (stride 2) of the 4N-vector: the window of entries
+    2..4 holds the last two of channel 0 and the first of channel 1, so the head is not additive over
+    channels. Coalition values, exact Shapley values and SHAP-CAM equal brute force on the head itself."""
+    n = 6
+    inputs = _game_input(nn.Sequential(_reshape(how), nn.MaxPool1d(3, stride=2), nn.Linear(11, 3)), n)
+    assert factor_head(inputs.split.head) is None
+    coalitions = _all_coalitions(n)
+    for index in range(2):
+        expected = _full_head_values(inputs, index, coalitions)
+        # not vacuous: factored values v(0) + sum_{k in S} (v({k}) - v(0)) (R is empty here) miss by up to 0.12
+        additive = expected[0] + coalitions.float() @ (expected[2 ** torch.arange(n)] - expected[0])
+        assert (additive - expected).abs().max() > 0.1
+        torch.testing.assert_close(ChannelGame(inputs, index).values(coalitions), expected, rtol=0, atol=1e-6)
+    values = [_full_head_values(inputs, index, coalitions).double().tolist() for index in range(2)]
+    exact = torch.stack([_mean_marginals(v, itertools.permutations(range(n))) for v in values])
+    torch.testing.assert_close(exact_shap(inputs).double(), exact, rtol=0, atol=1e-6)
+    orderings = random_orderings(n, 7, seed=3)
+    sampled = torch.stack([_mean_marginals(v, orderings.tolist()) for v in values])
+    torch.testing.assert_close(shapcam(inputs, n_permutations=7, seed=3).double(), sampled, rtol=0, atol=1e-6)
+
+
+def test_a_three_dimensional_pool_of_the_maps_is_not_factored():
+    """MaxPool3d reads (B, N, h, w) as an unbatched (C, D, H, W): it pools across channels."""
+    n = 6
+    inputs = _game_input(nn.Sequential(nn.MaxPool3d((2, 1, 1), stride=1), nn.Conv2d(n - 1, 4, 1), nn.ReLU(),
+                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), n)
+    assert factor_head(inputs.split.head) is None
+    coalitions = _all_coalitions(n)
+    torch.testing.assert_close(ChannelGame(inputs, 1).values(coalitions), _full_head_values(inputs, 1, coalitions),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["entrywise ops after a reshape", "reshape before a 1 x 1 convolution",
+                                  "depthwise convolution with a channel multiplier"])
+def test_heads_that_keep_channels_apart_stay_factored(case):
+    """After a reshape, entrywise ops (ReLU, dropout, batch norm) still act on each channel's entries
+    alone; a reshape before a 1 x 1 convolution rules out the outer product (it reads P's output
+    channel k as channel k), not the factoring; a depthwise convolution with a channel multiplier
+    (N -> 2N maps) is the first mixing op, an affine M. The game takes the factored path (no
+    full-head evaluation per coalition) and equals brute force. None of them has a pointwise M."""
+    n = 6
+    head, mixing_end = {
+        "entrywise ops after a reshape": (
+            [_reshape("view"), nn.ReLU(), nn.Dropout(), nn.BatchNorm1d(4 * n), nn.Linear(4 * n, 5), nn.ReLU(),
+             nn.Linear(5, 3)], "2.4"),
+        "reshape before a 1 x 1 convolution": (
+            [_AsPixel(), nn.Conv2d(4 * n, 5, 1), nn.ReLU(), nn.Flatten(), nn.Linear(5, 3)], "2.1"),
+        "depthwise convolution with a channel multiplier": (
+            [nn.Conv2d(n, 2 * n, 3, padding=1, groups=n), nn.Conv2d(2 * n, 5, 1), nn.ReLU(),
+             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)], "2.1"),
+    }[case]
+    inputs = _game_input(nn.Sequential(*head), n)
+    factors = factor_head(inputs.split.head)
+    assert factors is not None and factors.pointwise is None
+    assert [m.target for m in factors.mix.graph.nodes if m.op == "call_module"][-1] == mixing_end
+    coalitions = _all_coalitions(n)
+    for index in range(2):
+        game = ChannelGame(inputs, index)
+        assert game._factored is factors
+        torch.testing.assert_close(game.values(coalitions), _full_head_values(inputs, index, coalitions),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_contributions_that_do_not_add_up_fall_back_to_the_full_head(kernel):
+    """A module that passes for a depthwise convolution but mixes neighbouring channels: the
+    classification admits it, the additivity check on the full and one random coalition refuses its
+    rows, and the game evaluates the full head. With a 1 x 1 convolution next (a pointwise M), the
+    outer-product rows even add up on the full coalition; only the random coalition exposes them."""
+    n = 8
+    inputs = _game_input(nn.Sequential(_ChannelMax(n), nn.ReLU(), nn.Conv2d(n, 4, kernel, padding=kernel // 2),
+                                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), n)
+    factors = factor_head(inputs.split.head)
+    assert factors is not None and (factors.pointwise is not None) == (kernel == 1)
+    maps = inputs.maps[0]
+    if kernel == 1:
+        base, full = factors.mix(torch.zeros_like(maps)[None])[0], factors.mix(maps[None])[0]
+        rows = factors._outer_product_rows(maps, base)
+        torch.testing.assert_close(base.flatten() + rows.sum(0), full.flatten(), rtol=1e-5, atol=1e-5)
+    assert factors.contributions(maps, batch_size=3) is None
+    coalitions = _all_coalitions(n)
+    for index in range(2):
+        game = ChannelGame(inputs, index)
+        assert game._factored is None
+        torch.testing.assert_close(game.values(coalitions), _full_head_values(inputs, index, coalitions),
+                                   rtol=0, atol=1e-6)
