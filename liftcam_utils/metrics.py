@@ -73,14 +73,20 @@ def average_drop_in_deletion(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return _ratio(y - d, y) * 100
 
 
-def top_fraction_mask(saliency: torch.Tensor, fraction: float) -> torch.Tensor:
+def top_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     """1 on the ``round(fraction * H * W)`` most salient pixels of each map, 0 elsewhere.
 
-    Ties are broken by pixel index (row-major), so the mask always has exactly that many ones.
+    Ties are broken at random: the pixels are put in an order drawn from ``seed`` (one permutation
+    for every map and every fraction) and stably sorted by saliency, so the mask always has exactly
+    that many ones, is the same on every call with the same ``seed``, and grows by nesting as the
+    fraction grows. Breaking ties by pixel index instead would favour the top rows of every flat
+    region of the map (a ReLU's zeros, a saturated plateau) and bias insertion / deletion AUCs by where
+    the object happens to sit in the image.
     """
     batch, height, width = saliency.shape
     count = int(round(fraction * height * width))
-    order = saliency.flatten(1).argsort(dim=1, descending=True, stable=True)
+    shuffle = torch.randperm(height * width, generator=torch.Generator().manual_seed(seed)).to(saliency.device)
+    order = shuffle[saliency.flatten(1)[:, shuffle].argsort(dim=1, descending=True, stable=True)]
     mask = torch.zeros(batch, height * width, dtype=saliency.dtype, device=saliency.device)
     mask.scatter_(1, order[:, :count], 1.0)
     return mask.view(batch, height, width)
@@ -92,13 +98,17 @@ def trapezoid(values: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     return ((values[..., 1:] + values[..., :-1]) / 2 * widths).sum(-1)
 
 
-def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.Tensor = DELTAS
+def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.Tensor = DELTAS, seed: int = 0
                               ) -> dict[str, torch.Tensor]:
     """Softmax of the target when the top ``100 delta %`` pixels are kept (insertion, the rest at
-    the baseline) or removed (deletion), for each delta (Table 4). Returns (B, K) curves."""
+    the baseline) or removed (deletion), for each delta (Table 4). Returns (B, K) curves.
+
+    Pixels of equal saliency are ranked in a random order drawn from ``seed``
+    (:func:`top_fraction_mask`), the same at every delta: the curves are deterministic for a seed,
+    and a flat region of the map is inserted or deleted in no particular spatial order."""
     insertion, deletion = [], []
     for delta in deltas.tolist():
-        keep = top_fraction_mask(saliency, delta)
+        keep = top_fraction_mask(saliency, delta, seed)
         insertion.append(_target_softmax(net, blend(x, keep, baseline), target))
         deletion.append(_target_softmax(net, blend(x, 1 - keep, baseline), target))
     return {"insertion": torch.stack(insertion, 1), "deletion": torch.stack(deletion, 1)}

@@ -59,10 +59,84 @@ def test_top_fraction_mask_counts_and_ties():
     s = torch.tensor([[[0.1, 0.9], [0.5, 0.5]]])
     assert M.top_fraction_mask(s, 0.0).sum() == 0
     assert M.top_fraction_mask(s, 0.25).tolist() == [[[0, 1], [0, 0]]]
-    assert M.top_fraction_mask(s, 0.5).tolist() == [[[0, 1], [1, 0]]]  # tie: lower index first
+    # the two 0.5 pixels tie for the last place: either one, by the seed's random order (no longer
+    # always the lower pixel index, [[0, 1], [1, 0]])
+    halves = {tuple(M.top_fraction_mask(s, 0.5, seed).flatten().tolist()) for seed in range(20)}
+    assert halves == {(0, 1, 1, 0), (0, 1, 0, 1)}
     assert M.top_fraction_mask(s, 1.0).sum() == 4
     flat = torch.zeros(1, 4, 4)  # an all-zero map still yields exact counts
     assert M.top_fraction_mask(flat, 0.5).sum() == 8
+
+
+def test_top_fraction_mask_has_exact_counts_and_is_deterministic_for_a_seed():
+    """Maps with four levels (many ties) and one all-tied map, 7 x 9 pixels."""
+    s = (torch.rand(3, 7, 9, generator=torch.Generator().manual_seed(0)) * 4).floor() / 4
+    s[2] = 0
+    previous = torch.zeros_like(s)
+    for fraction in M.DELTAS.tolist() + [1 / 3]:
+        mask = M.top_fraction_mask(s, fraction, seed=5)
+        assert mask.flatten(1).sum(1).tolist() == [int(round(fraction * 63))] * 3
+        assert torch.equal(mask, M.top_fraction_mask(s, fraction, seed=5))
+        assert torch.equal(mask[1:2], M.top_fraction_mask(s[1:2], fraction, seed=5))  # not batch-dependent
+        # ties only decide among equal values: no kept pixel is less salient than a dropped one
+        kept = torch.where(mask > 0, s, torch.inf).flatten(1).amin(1)
+        dropped = torch.where(mask > 0, -torch.inf, s).flatten(1).amax(1)
+        assert (kept >= dropped).all()
+        if fraction in M.DELTAS.tolist():  # growing fractions give nested masks
+            assert (mask >= previous).all()
+            previous = mask
+    assert not torch.equal(M.top_fraction_mask(s, 0.5, seed=0), M.top_fraction_mask(s, 0.5, seed=1))
+
+
+def _row_major_mask(saliency, fraction, seed):
+    """The former rule, for comparison: ties broken by pixel index (row-major); ``seed`` is ignored."""
+    count = int(round(fraction * saliency[0].numel()))
+    order = saliency.flatten(1).argsort(dim=1, descending=True, stable=True)
+    return torch.zeros(saliency.flatten(1).shape).scatter_(1, order[:, :count], 1.0).view(saliency.shape)
+
+
+_ROWS, _COLUMNS = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+
+
+@pytest.mark.parametrize("transform", ["flip", "transpose"])
+@pytest.mark.parametrize("kind", ["constant", "plateau"])
+def test_insertion_deletion_auc_does_not_depend_on_row_major_order(monkeypatch, kind, transform):
+    """One 8 x 8 problem and its flipped (or transposed) copy, which is the same problem with the
+    pixels relabelled: image x = 1, baseline 0, and a linear model over pixels with
+    logit_0 = sum_p w_p x_p - 3, w_p ~ exp(-(2 i + j) / 4) (top rows matter most, sum w = 6), the
+    map and the weights transformed alike. The map is constant (all ties) or a tied plateau of zeros
+    around a 3 x 3 block with one peak.
+
+    Row-major ties insert the original's heavy top rows first and the flipped copy's light bottom
+    rows first: AUCs 0.78 vs 0.25 for a constant map. Random ties give each seed's AUC a spread
+    (std ~0.055 here), so the AUCs are averaged over 64 seeds, and the two means must agree within 4
+    standard errors of their difference (~0.04), estimated from the seeds themselves; the former gaps
+    (0.53 / 0.41 flipped, 0.09 / 0.08 transposed) are far outside it."""
+    weights = torch.exp(-(2 * _ROWS + _COLUMNS) / 4.0)
+    weights = 6 * weights / weights.sum()
+    s = torch.full((8, 8), 0.5) if kind == "constant" else ((_ROWS >= 5) & (_COLUMNS >= 5)).float()
+    if kind == "plateau":
+        s[6, 6] = 2.0
+    change = {"flip": lambda t: t.flip(-2), "transpose": lambda t: t.transpose(-2, -1)}[transform]
+    weights, s = torch.stack([weights, change(weights)]), torch.stack([s, change(s)])  # problem and copy
+
+    def net(images):
+        logit = (images[:, 0] * weights).sum((1, 2)) - 3
+        return torch.stack([logit, torch.zeros_like(logit)], 1)
+
+    def aucs(seed):  # (2 problems, insertion / deletion)
+        curves = M.insertion_deletion_curves(net, torch.ones(2, 1, 8, 8), s, torch.tensor([0, 0]),
+                                             torch.zeros(1, 1, 1), seed=seed)
+        return torch.stack([M.auc(curves["insertion"]), M.auc(curves["deletion"])], 1)
+
+    seeded = torch.stack([aucs(seed) for seed in range(64)])  # (seeds, 2, 2)
+    gap = (seeded[:, 0] - seeded[:, 1]).mean(0).abs()
+    standard_error = ((seeded[:, 0].var(0) + seeded[:, 1].var(0)) / len(seeded)).sqrt()
+    assert (gap < 4 * standard_error).all(), (gap, standard_error)
+    with monkeypatch.context() as patch:
+        patch.setattr(M, "top_fraction_mask", _row_major_mask)
+        former = aucs(0)
+    assert ((former[0] - former[1]).abs() > 8 * standard_error).all()
 
 
 def test_insertion_deletion_by_hand():
