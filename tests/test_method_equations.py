@@ -391,6 +391,58 @@ def test_scorecam_constant_map_gives_exactly_zero(map_size, image_size):
         assert scorecam(inputs, batch_size=batch_size)[0, 1].item() == 0.0
 
 
+def _scorecam_hand_case():
+    """Two copies of a 3-channel 2 x 2 image x with x_0 = [[1, 0], [.5, .25]], x_1 = 1 - x_0, x_2 = 1,
+    targets 0 and 1. The body (identity 1 x 1 conv, ReLU) gives A = x, so the masks are H_0 = x_0,
+    H_1 = x_1 and H_2 = 0 (a constant map; upsampling 2 x 2 to 2 x 2 is the identity). The head
+    F = (mean over pixels of the channel sum + 1, 0) and x_0 + x_1 + x_2 = 2 give
+    f(x o H)_0 = sum_p H(p) / 2 + 1: 1.875 for H_0, 2.125 for H_1, and 1 for the baseline x_b = 0."""
+    x0 = torch.tensor([[1.0, 0.0], [0.5, 0.25]])
+    x = torch.stack([x0, 1 - x0, torch.ones(2, 2)])[None].repeat(2, 1, 1, 1)
+    inputs, net = make_input(linear_head([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], [1.0, 0.0]), x, [0, 1], x=x)
+    _set(net.features[0], np.eye(3), np.zeros(3))
+    return inputs
+
+
+def test_scorecam_without_baseline_gives_the_raw_softmax_of_the_official_code():
+    """baseline=False: softmax(f(x o H_k))_c, 0 for the constant map (the official code skips it);
+    baseline=True: the gains over softmax(f(x_b))_c (Definition 2). The options reach the rule through
+    ``coefficients(method, split, x, target, **options)``."""
+    inputs = _scorecam_hand_case()
+    sigmoid = torch.sigmoid
+    logits = torch.tensor([1.875, 2.125])
+    raw = torch.stack([torch.cat([sigmoid(logits), torch.zeros(1)]), torch.cat([sigmoid(-logits), torch.zeros(1)])])
+    beta = sigmoid(torch.tensor([1.0, -1.0]))  # softmax(f(x_b))_c for c = 0 and c = 1
+    gains = torch.where(raw > 0, raw - beta[:, None], 0.0)
+    for baseline, expected in ((False, raw), (True, gains)):
+        torch.testing.assert_close(scorecam(inputs, baseline=baseline), expected, rtol=1e-6, atol=1e-7)
+        through = lu.coefficients("scorecam", inputs.split, inputs.x, [0, 1], baseline=baseline)
+        torch.testing.assert_close(through, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(scorecam(inputs), gains, rtol=1e-6, atol=1e-7)  # the default is Definition 2
+    # sum_k A_k over the non-constant maps is 1 everywhere, so the maps before the ReLU differ by beta:
+    # image 0 (positive gains, nothing clipped) gets the same map; image 1's gains are all negative,
+    # so its gains' map is all zero and the raw scores' is not
+    maps = {b: lu.cam_map(scorecam(inputs, baseline=b), inputs.maps, (2, 2)) for b in (False, True)}
+    torch.testing.assert_close(maps[False][0], maps[True][0], rtol=1e-5, atol=1e-6)
+    assert maps[True][1].abs().max() == 0 and maps[False][1].max() == 1
+
+
+def test_scorecam_with_and_without_baseline_differ_by_a_constant_per_image():
+    """On the random case: alpha(False) - alpha(True) = softmax(f(0))_c on every non-constant map, 0 on
+    the constant one; sum_k A_k is not constant, so the normalised maps differ."""
+    inputs, net = _scorecam_case()
+    with torch.no_grad():
+        beta = net(torch.zeros(1, 3, 8, 8)).softmax(1)[0, inputs.target]
+    difference = scorecam(inputs, baseline=False) - scorecam(inputs)
+    constant = torch.zeros(2, 3, dtype=torch.bool)
+    constant[0, 2] = True
+    torch.testing.assert_close(difference, torch.where(constant, 0.0, beta[:, None].expand(2, 3)),
+                               rtol=1e-5, atol=1e-7)
+    size = tuple(inputs.x.shape[-2:])
+    raw, gains = (lu.cam_map(scorecam(inputs, baseline=b), inputs.maps, size) for b in (False, True))
+    assert (raw - gains).abs().max() > 0.05
+
+
 # ------------------------------------------------------------------------------------------------
 # The shared map: s(u(ReLU(sum_k alpha_k A_k))) (paper Eqs. 1 and 10)
 # ------------------------------------------------------------------------------------------------

@@ -8,15 +8,28 @@ from ..cam import CamInput, upsample_and_normalise
 from ..channel_game import ChannelGame, check_positive_int
 
 
-def scorecam(inputs: CamInput, batch_size: int | None = None) -> torch.Tensor:
-    """Score-CAM (Wang et al. 2020, Definition 2, Channel-wise Increase of Confidence).
+def scorecam(inputs: CamInput, batch_size: int | None = None, *, baseline: bool = True) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020) with the masks ``H_k = s(Up(A_k))`` (Eq. 10's upsampling and min-max).
 
-    ``H_k = s(Up(A_k))``; ``alpha_k = softmax(f(x o H_k))_c - softmax(f(x_b))_c`` with the
-    baseline ``x_b = 0`` (the zero image in the model's normalised input space, i.e. the dataset's
-    mean colour), as in the masks ``x o H_k``. Runs N full forward passes per image,
-    ``batch_size`` masked images at a time; only that many masks exist at once. By default 32 on
-    a GPU and 1 on a CPU, where batched convolutions (EfficientNet's depthwise ones above all) were
-    measured slower per image than single ones.
+    ``baseline=True`` (the default) follows the paper's Definition 2, the Channel-wise Increase of
+    Confidence ``C(A_k) = f(X o H_k) - f(X_b)``: ``alpha_k = softmax(f(x o H_k))_c - softmax(f(x_b))_c``,
+    the softmax gain over the baseline ``x_b = 0`` (the zero image in the model's normalised input
+    space, i.e. the dataset's mean colour), as in the masks ``x o H_k``. The authors' official code
+    (``cam/scorecam.py`` of the Score-CAM repository) subtracts nothing: its weights are the raw
+    ``alpha_k = softmax(f(x o H_k))_c``, and it skips maps whose upsampling is constant.
+    ``baseline=False`` computes those weights (it weights the upsampled maps, which is Eq. 1 upsampled
+    afterwards: bilinear upsampling is linear). Either way a constant map gets ``alpha_k = 0``: its
+    mask is 0, so ``x o H_k = x_b`` and its gain is 0 by definition.
+
+    On every non-constant map the two differ by the same ``beta = softmax(f(x_b))_c > 0`` per image,
+    so their maps before the ReLU of Eq. 1 differ by ``beta * sum_k A_k`` (over the non-constant
+    maps). After the ReLU and min-max they agree when that sum is constant over the map and neither
+    ReLU clips (min-max removes a constant), and in general they do not: when every gain is
+    negative, for one, the gains' map is all zero and the raw scores' is not.
+
+    Runs N full forward passes per image, ``batch_size`` masked images at a time; only that many
+    masks exist at once. By default 32 on a GPU and 1 on a CPU, where batched convolutions
+    (EfficientNet's depthwise ones above all) were measured slower per image than single ones.
     """
     if batch_size is None:
         batch_size = 32 if inputs.x.device.type == "cuda" else 1
@@ -26,14 +39,17 @@ def scorecam(inputs: CamInput, batch_size: int | None = None) -> torch.Tensor:
     size = tuple(x.shape[-2:])
     alpha = torch.empty(maps.shape[:2], device=maps.device, dtype=maps.dtype)
     with torch.no_grad():
-        baseline = net(torch.zeros_like(x[:1])).softmax(1)[0]
+        reference = net(torch.zeros_like(x[:1])).softmax(1)[0] if baseline else None
         for b in range(x.shape[0]):
             c = inputs.target[b]
             for start in range(0, maps.shape[1], batch_size):
                 chunk = maps[b, start:start + batch_size]
                 masks = upsample_and_normalise(chunk[:, None], size)
                 scores = net(x[b:b + 1] * masks).softmax(1)[:, c]
-                alpha[b, start:start + chunk.shape[0]] = scores - baseline[c]
+                if baseline:
+                    scores = scores - reference[c]
+                constant = masks.flatten(1).amax(1) == 0  # min-max makes a non-constant map reach 1
+                alpha[b, start:start + chunk.shape[0]] = torch.where(constant, 0.0, scores)
     return alpha
 
 
