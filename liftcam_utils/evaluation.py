@@ -165,7 +165,10 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
                 columns["insertion_auc"] = M.auc(curves["insertion"]).tolist()
                 columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
             if box_masks is not None:
-                columns["pointing"] = M.energy_pointing_game(saliency, box_masks.to(x.device)).tolist()
+                masks = box_masks.to(x.device)
+                energy = M.energy_pointing_game(saliency, masks)
+                has_box = masks.flatten(1).any(1)  # no box of the target: the game is undefined (NaN), not 0
+                columns["pointing"] = torch.where(has_box, energy, torch.nan).tolist()
             if reference_alpha is not None:
                 columns["cosine"] = M.cosine_similarity(alpha.double(), reference_alpha.double()).tolist()
             results[spec] = pd.DataFrame(columns)
@@ -313,7 +316,9 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     """Evaluate ``methods`` on ``n_images`` records of ``dataset`` drawn with ``seed``.
 
     ``metrics``: any of ``"faithfulness"`` (IC, AD, ADD; Eqs. 11-13), ``"insertion_deletion"``
-    (AUCs, Table 4), ``"pointing"`` (energy-based pointing game on the target's boxes, Eq. 14) and
+    (AUCs, Table 4), ``"pointing"`` (energy-based pointing game on the target's boxes, Eq. 14; NaN
+    for a record with no box of its target, e.g. a folder of one's own images, and left out of the
+    means) and
     ``"cosine"`` (cosine similarity to the ``reference`` method's alpha, e.g.
     ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
     removed pixel (see :mod:`liftcam_utils.metrics`). The target of each image is its first label.

@@ -317,7 +317,7 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
             notice = W.Output()
             stepper_box.children = (notice,)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the same warnings as above, already shown
+                warnings.simplefilter("ignore", UserWarning)  # the same warnings as above, already shown
                 _guarded(notice, lambda: build_stepper(net, picture))
 
     def redraw(rebuild_stepper: bool):

@@ -75,6 +75,17 @@ def test_rows_and_summary(tiny_model, records):
     assert list(table.columns) == ["set A", "set B"] and table.shape == (2, 2)
 
 
+def test_pointing_without_a_box_of_the_target_is_undefined(tiny_model, records):
+    # img1's only box is of another class; img3 has none: their game is undefined, not a score of 0
+    changed = list(records)
+    changed[1] = ImageRecord(name="img1", labels=(1,), boxes=(Box(2, 0, 0, 8, 16),), pixels=records[1].pixels)
+    changed[3] = ImageRecord(name="img3", labels=(0,), pixels=records[3].pixels)
+    result = E.evaluate(tiny_model, changed, ["liftcam"], metrics=("pointing",), progress=False)
+    pointing = result.rows.set_index("image")["pointing"]
+    assert pointing[["img1", "img3"]].isna().all() and pointing.drop(["img1", "img3"]).notna().all()
+    assert result.summary.loc["liftcam", "pointing"] == pytest.approx(pointing.dropna().mean())
+
+
 def test_rows_do_not_depend_on_shard_size(tiny_model, records):
     one = E.evaluate(tiny_model, records, ["liftcam", "scorecam"], shard_size=1, progress=False).rows
     many = E.evaluate(tiny_model, records, ["liftcam", "scorecam"], shard_size=5, progress=False).rows
