@@ -73,8 +73,8 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
         notebook = path.name.split("_", 1)[0]
         if path.suffix == ".csv":
             block = f"**{path.stem}**\n\n" + markdown_table(pd.read_csv(path, index_col=0))
-        else:
-            block = f"![{path.stem}]({path.name})"
+        else:  # figures are written beside the report by each run (the committed notebooks show them inline)
+            block = f"Figure: [{path.stem}]({path.name})"
         sections.setdefault(notebook, []).append(block)
     notebooks = {p.name.split("_", 1)[0]: p.stem for p in results.glob("[0-9][0-9]_*.ipynb")}
     text = [f"# {title}", ""]
