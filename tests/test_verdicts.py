@@ -90,3 +90,12 @@ def test_bad_input_is_refused():
         V.paired_comparison(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
     # NaN rows of a metric (undefined on an image) are dropped before pairing
     assert V.judge_claim(rows, V.Claim("s", "t", "AD", "a", ("b",)), "x")["n"] == 1
+
+
+def test_require_prints_the_statement_or_raises_with_the_numbers(capsys):
+    from liftcam_utils.checks import ScienceCheckError, require
+
+    require("random below every method", True, "not shown")
+    assert capsys.readouterr().out == "check: random below every method\n"
+    with pytest.raises(ScienceCheckError, match=r"random below every method: does NOT hold \(AD 91 < 20\)"):
+        require("random below every method", False, "AD 91 < 20")
