@@ -46,7 +46,7 @@ SUMMARY_COLUMNS = ("IC", "AD", "ADD", "insertion_auc", "deletion_auc", "pointing
 # the columns of every result frame, then those each metric adds (in METRICS order)
 ROW_COLUMNS = ("image", "target", "method", "seconds")
 METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
-                  "insertion_deletion": ("insertion_auc", "deletion_auc"),
+                  "insertion_deletion": ("insertion_auc", "deletion_auc", "insertion_curve", "deletion_curve"),
                   "pointing": ("pointing",), "cosine": ("cosine",)}
 
 
@@ -164,6 +164,8 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
                 curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline)
                 columns["insertion_auc"] = M.auc(curves["insertion"]).tolist()
                 columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
+                columns["insertion_curve"] = curves["insertion"].tolist()  # at metrics.DELTAS, for plots
+                columns["deletion_curve"] = curves["deletion"].tolist()
             if box_masks is not None:
                 masks = box_masks.to(x.device)
                 energy = M.energy_pointing_game(saliency, masks)
@@ -316,10 +318,10 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     """Evaluate ``methods`` on ``n_images`` records of ``dataset`` drawn with ``seed``.
 
     ``metrics``: any of ``"faithfulness"`` (IC, AD, ADD; Eqs. 11-13), ``"insertion_deletion"``
-    (AUCs, Table 4), ``"pointing"`` (energy-based pointing game on the target's boxes, Eq. 14; NaN
-    for a record with no box of its target, e.g. a folder of one's own images, and left out of the
-    means) and
-    ``"cosine"`` (cosine similarity to the ``reference`` method's alpha, e.g.
+    (AUCs, Table 4, and each row's two curves at ``metrics.DELTAS`` as lists), ``"pointing"``
+    (energy-based pointing game on the target's boxes, Eq. 14; NaN for a record with no box of its
+    target, e.g. a folder of one's own images, and left out of the means) and ``"cosine"`` (cosine
+    similarity to the ``reference`` method's alpha, e.g.
     ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
     removed pixel (see :mod:`liftcam_utils.metrics`). The target of each image is its first label.
     ``device`` applies to Dask workers; in this process the model's own device is used.

@@ -32,7 +32,7 @@ from .report import build_report
 QUICK_PARAMETERS = {
     "02_shapcam_convergence": {"n_images": 3, "n_runs": 2, "n_reference": 64},
     "03_cosine_similarity": {"n_images": {"photos": 3, "scenes": 12}, "n_permutations": {"photos": 40, "scenes": 200}},
-    "04_faithfulness": {"n_images": 3, "scenes_n_images": 12, "plot_photo_curves": False},
+    "04_faithfulness": {"n_images": 3, "scenes_n_images": 12},
     "05_localization": {"n_images": 24, "n_grids": 4},
     "06_vqa": {"n_images": 60},
 }

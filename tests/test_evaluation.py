@@ -17,6 +17,7 @@ from torchvision import transforms
 
 import liftcam_utils as lu
 from liftcam_utils import evaluation as E
+from liftcam_utils import metrics as M
 from liftcam_utils.datasets import Box, ImageRecord
 from liftcam_utils.datasets.embedded import foolbox_imagenet
 from liftcam_utils.datasets.synthetic_vqa import make_vqa
@@ -66,6 +67,9 @@ def test_rows_and_summary(tiny_model, records):
     assert rows["target"].tolist()[:5] == [0, 1, 2, 0, 1]
     for column in ("IC", "AD", "ADD", "insertion_auc", "deletion_auc", "pointing", "cosine", "seconds"):
         assert rows[column].notna().all(), column
+    # each row keeps its two curves at the 41 deltas; its AUCs are their trapezoid areas
+    curve = rows.loc[0, "insertion_curve"]
+    assert len(curve) == 41 and rows.loc[0, "insertion_auc"] == pytest.approx(np.trapezoid(curve, M.DELTAS.numpy()))
     # LIFT-CAM is exactly the Shapley value on this affine head
     assert rows.loc[rows["method"] == "liftcam", "cosine"].min() == pytest.approx(1.0, abs=1e-6)
     expected = rows.groupby("method")["AD"].mean()
@@ -145,7 +149,8 @@ def _cached_run(model, records, methods, cache_dir):
 
 def test_json_round_trip_is_exact():
     frame = pd.DataFrame({"image": ["a", "b", "c"], "target": [0, 7, 2], "method": "SHAP-CAM_10",
-                          "seconds": 0.1 + 0.2, "AD": [1 / 3, np.nan, 1e-300], "IC": [np.inf, -0.0, 2 / 7]})
+                          "seconds": 0.1 + 0.2, "AD": [1 / 3, np.nan, 1e-300], "IC": [np.inf, -0.0, 2 / 7],
+                          "insertion_curve": [[0.1, 1 / 3], [2 / 7, 0.5], [1e-300, 1.0]]})
     pd.testing.assert_frame_equal(E.frame_from_json(E.frame_to_json(frame)), frame, check_exact=True)
 
 
