@@ -1,4 +1,4 @@
-"""Factor a head as ``F = R o M o P`` to evaluate many channel coalitions cheaply (SPEC sec. 6).
+"""Factor a head as ``F = R o M o P`` to evaluate many channel coalitions cheaply (SHAP-CAM's cost model).
 
 ``P`` acts on each channel alone, ``M`` starts at the first op that mixes channels, which must be
 affine (a convolution or a linear layer), and takes in every affine op after it (batch norm,
