@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .files import write_atomically
+from .paper import METHOD_NAMES
 
 VERDICTS_SUFFIX = "_verdicts"
 
@@ -44,8 +45,8 @@ def _verdict_markdown(path: Path) -> str:
     table = pd.read_csv(path)
     shown = pd.DataFrame({
         "setup": table["setup"], "claim": table["claim"], "paper": table["source"],
-        "ours": [f"{a:.3g} vs {b:.3g} ({v})" for a, b, v in zip(table["ours"], table["theirs"], table["versus"],
-                                                                 strict=True)],
+        "ours": [f"{a:.3g} vs {b:.3g} ({METHOD_NAMES.get(v, v)})"
+                 for a, b, v in zip(table["ours"], table["theirs"], table["versus"], strict=True)],
         "difference [95 % CI]": [f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for d, lo, hi in
                                  zip(table["mean diff"], table["CI low"], table["CI high"], strict=True)],
         "n": table["n"], "Wilcoxon p": [f"{p:.2g}" for p in table["p"]], "verdict": table["verdict"]})
@@ -64,8 +65,12 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook: results") -> Path:
-    """Collect every ``*.csv`` table and ``*.png`` figure of ``results_dir`` into ``REPORT.md``."""
+def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook: results",
+                 notebooks: list[str] | None = None) -> Path:
+    """Collect every ``*.csv`` table and ``*.png`` figure of ``results_dir`` into ``REPORT.md``.
+
+    Sections are headed by the notebook names (e.g. ``04_faithfulness``): ``notebooks``, or those of
+    the executed notebooks found in ``results_dir``."""
     results = Path(results_dir)
     verdict_files = sorted(results.glob(f"*{VERDICTS_SUFFIX}.csv"))
     sections: dict[str, list[str]] = {}
@@ -76,7 +81,8 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
         else:  # figures are written beside the report by each run (the committed notebooks show them inline)
             block = f"Figure: [{path.stem}]({path.name})"
         sections.setdefault(notebook, []).append(block)
-    notebooks = {p.name.split("_", 1)[0]: p.stem for p in results.glob("[0-9][0-9]_*.ipynb")}
+    names = notebooks if notebooks is not None else [p.stem for p in results.glob("[0-9][0-9]_*.ipynb")]
+    headings = {name.split("_", 1)[0]: name for name in names}
     text = [f"# {title}", ""]
     if verdict_files:
         text += ["## Verdicts: the paper's claims tested on our data", "",
@@ -88,7 +94,7 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
             notebook = path.name[: -len(f"{VERDICTS_SUFFIX}.csv")]
             text += [f"### {notebook}", "", _verdict_markdown(path), ""]
     for key in sorted(sections):
-        text += [f"## {notebooks.get(key, key)}", ""] + [b + "\n" for b in sections[key]]
+        text += [f"## {headings.get(key, key)}", ""] + [b + "\n" for b in sections[key]]
     path = results / "REPORT.md"
     _write_text(path, "\n".join(text))
     return path

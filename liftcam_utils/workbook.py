@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_place is not None:
         refresh(args.in_place or notebooks_in(args.notebook_dir))
         if args.output_dir.is_dir():
-            print(f"report: {build_report(args.output_dir)}")
+            names = [p.stem for p in notebooks_in(args.notebook_dir)]
+            print(f"report: {build_report(args.output_dir, notebooks=names)}")
         return 0
     if args.quick_copies is not None:
         written = write_quick_copies(args.notebook_dir, args.quick_copies)
