@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -249,6 +250,8 @@ def test_explorer_takes_a_20_megapixel_upload(explorer):
         finally:
             connection.close()
 
-    reply = asyncio.run(asyncio.wait_for(answer(), WAIT_MS / 1000))
+    # a thread of its own: Playwright's sync API (the other tests here) may leave an event loop running in this one
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        reply = pool.submit(asyncio.run, asyncio.wait_for(answer(), WAIT_MS / 1000)).result()
     assert reply is not None, "the server closed the kernel connection on a 20-megapixel message"
     assert reply["content"]["status"] == "ok"
