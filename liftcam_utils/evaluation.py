@@ -171,8 +171,9 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
                 energy = M.energy_pointing_game(saliency, masks)
                 has_box = masks.flatten(1).any(1)  # no box of the target: the game is undefined (NaN), not 0
                 columns["pointing"] = torch.where(has_box, energy, torch.nan).tolist()
-            if reference_alpha is not None:
-                columns["cosine"] = M.cosine_similarity(alpha.double(), reference_alpha.double()).tolist()
+            if reference_alpha is not None:  # cosine of two alphas (B, N); NaN for per-pixel weights (B, N, h, w)
+                columns["cosine"] = (M.cosine_similarity(alpha.double(), reference_alpha.double()).tolist()
+                                     if alpha.dim() == reference_alpha.dim() == 2 else [torch.nan] * len(records))
             results[spec] = pd.DataFrame(columns)
     return results
 

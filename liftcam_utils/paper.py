@@ -11,7 +11,8 @@ DATASETS = ("ImageNet", "VOC", "COCO")
 METHOD_NAMES = {
     "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "scorecam": "Score-CAM",
     "ablationcam": "Ablation-CAM", "liftcam": "LIFT-CAM", "shapcam": "SHAP-CAM", "exact_shap": "exact Shapley",
-    "lrpcam": "LRP-CAM", "limecam": "LIME-CAM", "kernelshapcam": "KernelSHAP-CAM", "random": "random",
+    "lrpcam": "LRP-CAM", "limecam": "LIME-CAM", "kernelshapcam": "KernelSHAP-CAM", "eigencam": "Eigen-CAM",
+    "shapleycam": "ShapleyCAM", "hirescam": "HiResCAM", "layercam": "Layer-CAM", "random": "random",
 }
 _BASELINES = ("gradcam", "gradcam++", "xgradcam", "scorecam", "ablationcam", "liftcam")
 

@@ -79,6 +79,15 @@ def test_rows_and_summary(tiny_model, records):
     assert list(table.columns) == ["set A", "set B"] and table.shape == (2, 2)
 
 
+def test_cosine_is_undefined_for_per_pixel_methods(tiny_model, records):
+    """HiResCAM has no alpha to compare with the reference's: its cosine is NaN, its other metrics are there."""
+    rows = E.evaluate(tiny_model, records, ["hirescam", "eigencam"], metrics=("faithfulness", "cosine"),
+                      reference=("exact_shap", {}), progress=False).rows
+    cosine = rows.set_index("method")["cosine"]
+    assert cosine["hirescam"].isna().all() and cosine["eigencam"].notna().all()
+    assert rows["AD"].notna().all()
+
+
 def test_pointing_without_a_box_of_the_target_is_undefined(tiny_model, records):
     # img1's only box is of another class; img3 has none: their game is undefined, not a score of 0
     changed = list(records)

@@ -9,6 +9,7 @@ channel game's values.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -20,10 +21,19 @@ from torch import nn
 
 import liftcam_utils as lu
 from liftcam_utils.cam import CamInput
-from liftcam_utils.methods.gradient import gradcam, gradcam_plus_plus, xgradcam
+from liftcam_utils.methods.eigen import eigencam
+from liftcam_utils.methods.gradient import (
+    gradcam,
+    gradcam_plus_plus,
+    hirescam,
+    layercam,
+    shapley_taylor_weights,
+    shapleycam,
+    xgradcam,
+)
 from liftcam_utils.methods.lime import limecam
 from liftcam_utils.methods.perturbation import ablationcam, scorecam
-from liftcam_utils.methods.shapley import kernelshapcam, shapcam
+from liftcam_utils.methods.shapley import exact_shap, kernelshapcam, shapcam
 
 # ------------------------------------------------------------------------------------------------
 # Tiny models with hand-set weights
@@ -72,6 +82,39 @@ def conv_relu_head(v, d, w, b) -> nn.Sequential:
     _set(conv, v, d)
     _set(fc, w, b)
     return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+
+
+class Square(nn.Module):
+    """z -> z * z, elementwise: makes a head exactly quadratic in A."""
+
+    def forward(self, z):
+        return z * z
+
+
+def square_head(v, d, w, b) -> nn.Sequential:
+    """F(A) = W avgpool((V * A + d)^2) + b with a 1x1 conv V: quadratic in A, gradient varies over pixels."""
+    v, w = np.asarray(v, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    conv, fc = nn.Conv2d(v.shape[1], v.shape[0], 1), nn.Linear(w.shape[1], w.shape[0])
+    _set(conv, v, d)
+    _set(fc, w, b)
+    return nn.Sequential(conv, Square(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+
+
+def pooled_square_head(v, d, w, b) -> nn.Sequential:
+    """F(A) = W (V avgpool(A) + d)^2 + b: quadratic in A, gradient constant over each map."""
+    v, w = np.asarray(v, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    fc1, fc2 = nn.Linear(v.shape[1], v.shape[0]), nn.Linear(w.shape[1], w.shape[0])
+    _set(fc1, v, d)
+    _set(fc2, w, b)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc1, Square(), fc2)
+
+
+def flatten_linear_head(w, b) -> nn.Sequential:
+    """F(A) = W flatten(A) + b (VGG-style, no pooling): linear, with one weight per pixel of each map."""
+    w = np.asarray(w, dtype=np.float64)
+    fc = nn.Linear(w.shape[1], w.shape[0])
+    _set(fc, w, b)
+    return nn.Sequential(nn.Flatten(), fc)
 
 
 def random_mlp_head(n: int, hidden: int, classes: int, seed: int) -> nn.Sequential:
@@ -153,6 +196,18 @@ def conv_relu_head_gradient(v, d, w, c, maps_b) -> np.ndarray:
     assert np.abs(z).min() > 1e-3  # away from the ReLU's kink: the derivative is unambiguous
     h, wd = a.shape[1:]
     return np.einsum("m,mn,mij->nij", np.asarray(w)[c], v, (z > 0).astype(np.float64)) / (h * wd)
+
+
+def square_head_derivatives(v, d, w, c, maps_b) -> tuple[np.ndarray, np.ndarray]:
+    """For F^c = (1/hw) sum_m,ij W[c,m] z_m,ij^2, z = V A + d: the gradient g = (2/hw) sum_m W[c,m] V[m,k] z_m,ij
+    and, as the Hessian is (2/hw) sum_m W[c,m] V[m,k] V[m,l] within a pixel and 0 across pixels,
+    H A = (2/hw) sum_m W[c,m] V[m,k] (V A)_m,ij. Both (N, h, w)."""
+    a = np.asarray(maps_b, dtype=np.float64)
+    va = np.einsum("mn,nij->mij", v, a)
+    z = va + np.asarray(d)[:, None, None]
+    scale = 2 / (a.shape[1] * a.shape[2])
+    coupling = np.asarray(w)[c][:, None] * np.asarray(v)  # W[c,m] V[m,k]
+    return (scale * np.einsum("mn,mij->nij", coupling, z), scale * np.einsum("mn,mij->nij", coupling, va))
 
 
 def _conv_relu_case(seed: int = 0):
@@ -458,6 +513,17 @@ def test_cam_map_by_hand():
     torch.testing.assert_close(result, torch.tensor(expected[None], dtype=torch.float32))
 
 
+def test_cam_map_with_per_pixel_weights_by_hand():
+    """Weights of the maps' shape: L = ReLU(W_0 o A_0 + W_1 o A_1) = ReLU([1 + 0, 0 - 2]) = [1, 0], then the
+    same upsampling and min-max as for alpha: bilinear 1x2 -> 1x4 gives [1, .75, .25, 0]. Any other shape is
+    refused."""
+    maps = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])
+    weights = torch.tensor([[[[1.0, 5.0]], [[3.0, -1.0]]]])
+    torch.testing.assert_close(lu.cam_map(weights, maps, (1, 4)), torch.tensor([[[1.0, 0.75, 0.25, 0.0]]]))
+    with pytest.raises(ValueError, match=r"alpha of shape \(1, 2\) or per-pixel weights.*got \(1, 2, 1, 1\)"):
+        lu.cam_map(torch.ones(1, 2, 1, 1), maps, (1, 4))
+
+
 @pytest.mark.parametrize("alpha", [[-1.0, 0.0], [0.0, 1.0]])  # all zero after ReLU; constant 0.7
 @pytest.mark.parametrize("map_size, image_size", [(2, 4), (3, 10)])
 def test_cam_map_constant_map_is_zero(alpha, map_size, image_size):
@@ -601,3 +667,177 @@ def test_shapcam_converges_to_exact_shapley():
     # holds for every seed seen, and P=1000 beats P=5 for any pair of seeds seen.
     assert error[1000] < error[5], error
     assert error[1000] < 0.12, error
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. Eigen-CAM
+# ------------------------------------------------------------------------------------------------
+
+
+def test_eigencam_by_hand_on_maps_with_a_known_dominant_direction():
+    """The pixels of image 0 are the rows of O = [(3, 4, 0), (3, 4, 0), (0, 0, 2), (0, 0, 2)], so O^T O has
+    the blocks [[18, 24], [24, 32]] (eigenvalues 50, 0; eigenvector (0.6, 0.8)) and [8]: v_1 = (0.6, 0.8, 0)
+    and the map O v_1 = (5, 5, 0, 0). (Centring each column first, as PCA would, gives (1.5, 2, -1) / sqrt(7.25)
+    instead.) Image 1 is -A: the same v_1 up to its sign, which is fixed by sum_k alpha_k mean(A_k) >= 0, so
+    alpha = -v_1 and the map is again (5, 5, 0, 0). The targets are ignored."""
+    a = torch.tensor([[[3.0, 3.0], [0.0, 0.0]], [[4.0, 4.0], [0.0, 0.0]], [[0.0, 0.0], [2.0, 2.0]]])
+    maps = torch.stack([a, -a])
+    inputs, _ = make_input(linear_head([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], [0.0, 0.0]), maps, [0, 1])
+    alpha = eigencam(inputs)
+    torch.testing.assert_close(alpha, torch.tensor([[0.6, 0.8, 0.0], [-0.6, -0.8, 0.0]]), rtol=0, atol=1e-6)
+    expected_map = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).expand(2, 2, 2)
+    torch.testing.assert_close(lu.cam_map(alpha, maps, (2, 2)), expected_map, rtol=0, atol=1e-6)
+    other_targets, _ = make_input(linear_head([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], [0.0, 0.0]), maps, [1, 0])
+    torch.testing.assert_close(eigencam(other_targets), alpha, rtol=0, atol=0)
+
+
+def test_eigencam_is_the_top_eigenvector_of_the_uncentred_maps():
+    """On random maps (image 2 signed) alpha is the unit eigenvector of O^T O with the largest eigenvalue
+    (numpy), with the sign that makes the map's mean O v / hw non-negative."""
+    maps = positive_maps(3, 5, 4, seed=21)
+    maps[2] -= 1.0
+    inputs, _ = make_input(linear_head(np.ones((2, 5)), [0.0, 0.0]), maps, [0, 1, 0])
+    expected = []
+    for b in range(3):
+        o = maps[b].double().numpy().reshape(5, -1).T  # (hw, N)
+        eigenvalues, eigenvectors = np.linalg.eigh(o.T @ o)
+        assert eigenvalues[-1] > 1.5 * eigenvalues[-2]  # a clear first direction: v_1 is well defined
+        v = eigenvectors[:, -1]
+        expected.append(v if (o @ v).mean() >= 0 else -v)
+    alpha = eigencam(inputs)
+    torch.testing.assert_close(alpha, torch.tensor(np.array(expected), dtype=torch.float32), rtol=0, atol=1e-5)
+    torch.testing.assert_close(alpha.norm(dim=1), torch.ones(3))
+    assert (alpha[:2] > 0).all()  # non-negative maps: a non-negative v_1
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. ShapleyCAM
+# ------------------------------------------------------------------------------------------------
+
+
+def _square_case(head_of, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    m = 3
+    v, d = rng.normal(size=(m, n)), rng.normal(size=m) * 0.5
+    w, b = rng.normal(size=(2, m)), rng.normal(size=2)
+    maps = rng.uniform(0, 2, size=(2, n, 3, 3))
+    target = [0, 1]
+    inputs, net = make_input(head_of(v, d, w, b), maps, target)
+    return (v, d, w, b), maps, target, inputs, net
+
+
+def test_shapleycam_by_hand_on_a_quadratic_head():
+    """Per activation w = g - H A / 2 with the hand derivatives of F^c = W avgpool((V A + d)^2) + b, and
+    alpha_k = mean_ij w_k,ij: Grad-CAM's alpha plus the Hessian term -mean_ij (H A)_k,ij / 2."""
+    (v, d, w, _), maps, target, inputs, _ = _square_case(square_head, n=4, seed=30)
+    derivatives = [square_head_derivatives(v, d, w, c, maps[i]) for i, c in enumerate(target)]
+    grad = np.stack([g for g, _ in derivatives])
+    hessian_product = np.stack([ha for _, ha in derivatives])
+    as_tensor = functools.partial(torch.tensor, dtype=torch.float32)
+    torch.testing.assert_close(shapley_taylor_weights(inputs), as_tensor(grad - hessian_product / 2),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(shapleycam(inputs), as_tensor((grad - hessian_product / 2).mean(axis=(2, 3))),
+                               rtol=1e-5, atol=1e-6)
+    hessian_term = -hessian_product.mean(axis=(2, 3)) / 2
+    assert np.abs(hessian_term).max() > 1e-2  # not vacuous: ShapleyCAM is not Grad-CAM here
+    torch.testing.assert_close(shapleycam(inputs) - gradcam(inputs), as_tensor(hessian_term), rtol=1e-4, atol=1e-6)
+
+
+def test_shapleycam_weights_give_the_exact_shapley_values_of_a_quadratic_head():
+    """A quadratic F^c is its own second-order Taylor expansion, so phi_k = sum_ij A_k,ij w_k,ij is the exact
+    Shapley value of the channel game (brute force over the 2^6 coalitions, and exact_shap). The paper's
+    pooling alpha_k = mean_ij w_k,ij loses that where w varies over the pixels of a map (it does here, the
+    square comes before the pooling): alpha_k sum_ij A_k,ij is not phi_k."""
+    _, maps, target, inputs, net = _square_case(square_head, n=6, seed=31)
+    phi = torch.stack([shapley_reference(net.head, inputs.maps[b], c) for b, c in enumerate(target)])
+    element_sum = (inputs.maps * shapley_taylor_weights(inputs)).sum(dim=(2, 3))
+    torch.testing.assert_close(element_sum.double(), phi, rtol=0, atol=1e-5)
+    torch.testing.assert_close(exact_shap(inputs).double(), phi, rtol=0, atol=1e-5)
+    pooled = shapleycam(inputs) * inputs.maps.sum(dim=(2, 3))
+    assert (pooled.double() - phi).abs().max() > 0.05
+
+
+def test_shapleycam_is_exact_shapley_per_unit_activation_on_a_pooled_quadratic_head():
+    """F^c = W (V p + d)^2 + b with p = avgpool(A): w is constant over each map, the paper's mean loses nothing,
+    and alpha_k sum_ij A_k,ij = phi_k exactly (8 channels, 2^8 coalitions). By hand,
+    phi_k = p_k sum_m W[c,m] V[m,k] ((V p)_m + 2 d_m) and alpha_k = phi_k / (hw p_k)."""
+    (v, d, w, _), maps, target, inputs, net = _square_case(pooled_square_head, n=8, seed=32)
+    p = maps.mean(axis=(2, 3))
+    by_hand = np.stack([p[i] * np.einsum("m,mk,m->k", w[c], v, v @ p[i] + 2 * d) for i, c in enumerate(target)])
+    phi = torch.stack([shapley_reference(net.head, inputs.maps[b], c) for b, c in enumerate(target)])
+    torch.testing.assert_close(phi, torch.tensor(by_hand), rtol=0, atol=1e-5)
+    torch.testing.assert_close(exact_shap(inputs).double(), phi, rtol=0, atol=1e-5)
+    alpha = shapleycam(inputs)
+    torch.testing.assert_close(alpha.double(), torch.tensor(by_hand / (9 * p)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close((alpha * inputs.maps.sum(dim=(2, 3))).double(), phi, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", [False, True])  # frozen weights: the gradient's graph holds nothing
+def test_shapleycam_is_gradcam_on_piecewise_linear_heads(frozen):
+    """H A = 0 on an affine head (alpha = W[c] / hw, as Grad-CAM) and on a conv-ReLU head (ReLU is piecewise
+    linear): ShapleyCAM is Grad-CAM exactly."""
+    w = [[6.0, -12.0, 3.0], [1.0, 2.0, 3.0]]
+    linear, _ = make_input(linear_head(w, [0.5, -0.5]), positive_maps(2, 3, 3, seed=8)[:, :, :2], [0, 1])
+    (v, d, w2, b2), maps, target = _conv_relu_case()
+    conv_relu, _ = make_input(conv_relu_head(v, d, w2, b2), maps, target)
+    for inputs in (linear, conv_relu):
+        for parameter in inputs.split.net.parameters():
+            parameter.requires_grad_(not frozen)
+        torch.testing.assert_close(shapleycam(inputs), gradcam(inputs), rtol=0, atol=0)
+    torch.testing.assert_close(shapleycam(linear), torch.tensor(w) / 6)
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. HiResCAM and Layer-CAM: per-pixel weights
+# ------------------------------------------------------------------------------------------------
+
+
+def test_hirescam_and_layercam_by_hand_on_a_flatten_linear_head():
+    """F^0 = W[0] flatten(A): dF^0/dA_k,ij = W[0, k, ij], W[0] = ((2, -1, 0), (-1, 3, 2)) on 1x3 maps
+    A_0 = (1, 2, 1), A_1 = (2, 1, 1).
+      HiResCAM:  sum_k W_k o A_k             = (2 - 2, -2 + 3, 0 + 2)  = (0, 1, 2) -> min-max (0, .5, 1)
+      Layer-CAM: sum_k ReLU(W_k) o A_k       = (2 + 0, 0 + 3, 0 + 2)   = (2, 3, 2) -> (0, 1, 0)
+      Grad-CAM:  alpha = mean W_k = (1/3, 4/3): (1/3 + 8/3, 2/3 + 4/3, 1/3 + 4/3) = (3, 2, 5/3) -> (1, .25, 0)
+    """
+    maps = torch.tensor([[[[1.0, 2.0, 1.0]], [[2.0, 1.0, 1.0]]]])
+    w = [[2.0, -1.0, 0.0, -1.0, 3.0, 2.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]
+    inputs, _ = make_input(flatten_linear_head(w, [0.5, 0.0]), maps, [0])
+    torch.testing.assert_close(hirescam(inputs), torch.tensor(w[0]).reshape(1, 2, 1, 3))
+    torch.testing.assert_close(layercam(inputs), torch.tensor(w[0]).clamp_min(0).reshape(1, 2, 1, 3))
+    for weights, expected in ((hirescam(inputs), [0.0, 0.5, 1.0]), (layercam(inputs), [0.0, 1.0, 0.0]),
+                              (gradcam(inputs), [1.0, 0.25, 0.0])):
+        torch.testing.assert_close(lu.cam_map(weights, maps, (1, 3)), torch.tensor([[expected]]))
+
+
+def test_hirescam_map_is_gradcam_map_on_a_pooling_head():
+    """After global average pooling the gradient is constant over each map, so HiResCAM's weights are Grad-CAM's
+    alpha at every pixel and the two maps are the same."""
+    maps = positive_maps(2, 3, 4, seed=9)
+    inputs, _ = make_input(linear_head([[2.0, -1.0, 0.5], [1.0, 1.0, -3.0]], [0.0, 0.0]), maps, [0, 1])
+    torch.testing.assert_close(hirescam(inputs), gradcam(inputs)[:, :, None, None].expand(2, 3, 4, 4))
+    torch.testing.assert_close(lu.cam_map(hirescam(inputs), maps, (8, 8)), lu.cam_map(gradcam(inputs), maps, (8, 8)))
+
+
+def test_hirescam_and_layercam_on_a_non_linear_head_match_manual_derivative():
+    (v, d, w, b), maps, target = _conv_relu_case()
+    inputs, _ = make_input(conv_relu_head(v, d, w, b), maps, target)
+    grad = torch.tensor(np.stack([conv_relu_head_gradient(v, d, w, c, maps[i]) for i, c in enumerate(target)]),
+                        dtype=torch.float32)
+    assert (grad < 0).any() and (grad > 0).any()  # Layer-CAM's ReLU matters
+    torch.testing.assert_close(hirescam(inputs), grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(layercam(inputs), grad.clamp_min(0), rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------
+# 12. The new methods explain each image alone, on a head with a non-zero Hessian
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [eigencam, shapleycam, hirescam, layercam])
+def test_new_methods_do_not_mix_images_of_a_batch(method):
+    """The pipeline test checks every method on a ReLU head, where H A = 0; here the head is quadratic."""
+    _, maps, target, inputs, net = _square_case(square_head, n=4, seed=33)
+    together = method(inputs)
+    for b in range(2):
+        alone, _ = make_input(net.head, maps[b:b + 1], target[b:b + 1])
+        torch.testing.assert_close(together[b:b + 1], method(alone), rtol=1e-5, atol=1e-7)

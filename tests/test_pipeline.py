@@ -10,6 +10,7 @@ from liftcam_utils.cam import cam_map
 
 FAST_OPTIONS = {"shapcam": {"n_permutations": 3}, "kernelshapcam": {"n_samples": 64},
                 "limecam": {"n_samples": 64}}
+PER_PIXEL_METHODS = ("hirescam", "layercam")  # weights of the maps' shape (B, N, h, w) instead of alpha (B, N)
 
 
 class _Small(nn.Module):
@@ -41,14 +42,46 @@ def batch():
 
 @pytest.mark.parametrize("method", list(lu.METHODS))
 def test_each_image_of_a_batch_is_explained_alone(small, batch, method):
-    """No method mixes images: alpha of image i in a batch equals alpha of image i alone."""
+    """No method mixes images: the weights (alpha, or per-pixel weights) of image i in a batch equal those of
+    image i alone."""
     split = lu.split_model(small, "features.2")
     options = FAST_OPTIONS.get(method, {})
-    together = lu.coefficients(method, split, batch, target=[0, 1, 2], **options)
-    assert together.shape == (3, 6) and torch.isfinite(together).all()
+    together = lu.map_weights(method, split, batch, target=[0, 1, 2], **options)
+    assert together.shape == ((3, 6, 8, 8) if method in PER_PIXEL_METHODS else (3, 6))
+    assert torch.isfinite(together).all()
     for i in range(3):
-        alone = lu.coefficients(method, split, batch[i:i + 1], target=i, **options)
+        alone = lu.map_weights(method, split, batch[i:i + 1], target=i, **options)
         torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", PER_PIXEL_METHODS)
+def test_coefficients_refuse_per_pixel_methods(small, batch, method):
+    """A per-pixel method has no alpha: coefficients says so and where to look; its map is still there."""
+    split = lu.split_model(small, "features.2")
+    with pytest.raises(ValueError, match=rf"'{method}' weights each map pixel by pixel.*map_weights\(\).*saliency"):
+        lu.coefficients(method, split, batch)
+    assert lu.saliency(method, split, batch).shape == (3, 8, 8)
+
+
+def test_coefficients_are_the_map_weights_of_alpha_rules(small, batch):
+    split = lu.split_model(small, "features.2")
+    for method in ("gradcam", "eigencam", "shapleycam"):
+        torch.testing.assert_close(lu.coefficients(method, split, batch), lu.map_weights(method, split, batch),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", list(lu.METHODS))
+def test_methods_leave_the_grad_mode_as_they_found_it(small, batch, method):
+    """Gradient methods enable autograd inside (ShapleyCAM a double backward); under a caller's no_grad they
+    still work, and no_grad is still on afterwards."""
+    split = lu.split_model(small, "features.2")
+    options = FAST_OPTIONS.get(method, {})
+    expected = lu.saliency(method, split, batch, **options)
+    assert torch.is_grad_enabled()
+    with torch.no_grad():
+        torch.testing.assert_close(lu.saliency(method, split, batch, **options), expected)
+        assert not torch.is_grad_enabled()
+    assert all(p.grad is None for p in small.parameters())
 
 
 @pytest.mark.parametrize("method", list(lu.METHODS))

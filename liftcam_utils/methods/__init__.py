@@ -1,7 +1,15 @@
-"""The registry of coefficient rules. Each maps a :class:`~liftcam_utils.cam.CamInput` (and
-method options) to ``alpha`` of shape (B, N); the map itself is built once, in ``cam.py``."""
+"""The registry of methods. Each maps a :class:`~liftcam_utils.cam.CamInput` (and method options) to
+how it weights the activation maps: ``alpha`` of shape (B, N), or, for ``hirescam`` and ``layercam``,
+per-pixel weights of the maps' shape (B, N, h, w); the map itself is built once, in ``cam.py``.
 
-from .gradient import gradcam, gradcam_plus_plus, xgradcam
+FullGrad (Srinivas & Fleuret 2019) is not here: its map sums input-gradient x input and bias-gradient x
+bias over every layer of the whole network, body included, so it is not a weighting of one layer's maps
+``A`` and does not fit a pipeline that explains ``F(A)``; FullGrad restricted to the head would be another
+method under its name.
+"""
+
+from .eigen import eigencam
+from .gradient import gradcam, gradcam_plus_plus, hirescam, layercam, shapleycam, xgradcam
 from .lime import limecam
 from .perturbation import ablationcam, random_coefficients, scorecam
 from .propagation_rules import liftcam, lrpcam
@@ -19,6 +27,10 @@ METHODS = {
     "lrpcam": lrpcam,
     "limecam": limecam,
     "kernelshapcam": kernelshapcam,
+    "eigencam": eigencam,
+    "shapleycam": shapleycam,
+    "hirescam": hirescam,
+    "layercam": layercam,
     "random": random_coefficients,
 }
 
