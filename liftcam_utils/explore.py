@@ -39,7 +39,8 @@ def display_image(preprocess, image) -> np.ndarray:
 
 @dataclass
 class Explanation:
-    """One method on one image. ``saliency`` (H, W) in [0, 1], ``alpha`` (N,), ``top`` = the three
+    """One method on one image. ``saliency`` (H, W) in [0, 1], ``alpha`` the map weights: (N,) for a
+    coefficient rule, (N, h, w) for a per-pixel one (HiResCAM, Layer-CAM), ``top`` = the three
     most probable classes as ``(index, name, probability)``, ``image`` the (H, W, 3) crop it explains."""
 
     method: str

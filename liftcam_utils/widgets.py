@@ -66,6 +66,11 @@ def _overlay(axis, image: np.ndarray, saliency: np.ndarray, title: str) -> None:
 
 
 def _alpha_bars(axis, alpha: np.ndarray, n_top: int = 20, title: str = "top channels by |alpha|") -> None:
+    if alpha.ndim != 1:  # per-pixel weights (HiResCAM, Layer-CAM): a map has no single coefficient to show
+        axis.text(0.5, 0.5, "this method weights each pixel of each map:\nno single alpha_k per map", ha="center",
+                  va="center", fontsize=9, transform=axis.transAxes)
+        axis.axis("off")
+        return
     order = np.argsort(-np.abs(alpha))[:n_top]
     colours = ["tab:red" if alpha[i] > 0 else "tab:blue" for i in order]
     axis.bar(range(len(order)), alpha[order], color=colours)

@@ -111,6 +111,14 @@ def test_app_shows_the_explanation_and_its_numbers(app, shapes, scenes):
     assert widgets.output_text(app.out).startswith(scenes[1].name) and app.stepper_box.children != (stepper,)
 
 
+@pytest.mark.parametrize("method", ["hirescam", "layercam"])
+def test_app_shows_per_pixel_methods(app, method):
+    app.controls["method"].value = method
+    text = widgets.output_text(app.out)
+    assert "Error" not in text and "IC " in text
+    assert sum(o["output_type"] == "display_data" for o in app.out.outputs) == 1
+
+
 def test_app_uploads(app, scenes):
     before = app.out.outputs
     upload(app, "notes.txt", b"not an image at all")
