@@ -40,13 +40,15 @@ from .methods import METHODS
 from .models import LoadedModel, load_model
 from .split import eval_mode
 
-METRICS = ("faithfulness", "insertion_deletion", "pointing", "cosine")
+METRICS = ("faithfulness", "insertion_deletion", "road", "pointing", "cosine")
 # summary column -> how the rows are averaged
-SUMMARY_COLUMNS = ("IC", "AD", "ADD", "insertion_auc", "deletion_auc", "pointing", "cosine", "seconds")
+SUMMARY_COLUMNS = ("IC", "AD", "ADD", "insertion_auc", "deletion_auc", "road_morf", "road_lerf", "pointing", "cosine",
+                   "seconds")
 # the columns of every result frame, then those each metric adds (in METRICS order)
 ROW_COLUMNS = ("image", "target", "method", "seconds")
 METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
                   "insertion_deletion": ("insertion_auc", "deletion_auc", "insertion_curve", "deletion_curve"),
+                  "road": ("road_morf", "road_lerf", "road_morf_curve", "road_lerf_curve"),
                   "pointing": ("pointing",), "cosine": ("cosine",)}
 
 
@@ -137,6 +139,7 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
     target = torch.tensor([r.label for r in records])
     size = tuple(x.shape[-2:])
     baseline = M.baseline_image(model.preprocess, absent)
+    road_noise = M.imputation_noise(model.preprocess) if "road" in metrics else None
     results = {}
     with eval_mode(model.net):
         inputs = prepare(split, x, target)
@@ -166,6 +169,12 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
                 columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
                 columns["insertion_curve"] = curves["insertion"].tolist()  # at metrics.DELTAS, for plots
                 columns["deletion_curve"] = curves["deletion"].tolist()
+            if "road" in metrics:
+                curves = M.road_curves(model.net, x, saliency, target, noise=road_noise)
+                columns["road_morf"] = M.road_score(curves["morf"]).tolist()
+                columns["road_lerf"] = M.road_score(curves["lerf"]).tolist()
+                columns["road_morf_curve"] = curves["morf"].tolist()  # at metrics.ROAD_FRACTIONS, for plots
+                columns["road_lerf_curve"] = curves["lerf"].tolist()
             if box_masks is not None:
                 masks = box_masks.to(x.device)
                 energy = M.energy_pointing_game(saliency, masks)
@@ -319,7 +328,11 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     """Evaluate ``methods`` on ``n_images`` records of ``dataset`` drawn with ``seed``.
 
     ``metrics``: any of ``"faithfulness"`` (IC, AD, ADD; Eqs. 11-13), ``"insertion_deletion"``
-    (AUCs, Table 4, and each row's two curves at ``metrics.DELTAS`` as lists), ``"pointing"``
+    (AUCs, Table 4, and each row's two curves at ``metrics.DELTAS`` as lists), ``"road"`` (ROAD,
+    Rong et al. 2022: the means ``road_morf`` / ``road_lerf`` of the target's softmax after the
+    10 %, ..., 90 % most / least relevant pixels are removed by noisy linear imputation with the
+    authors' noise, 0.01 on raw pixels, and the two curves at ``metrics.ROAD_FRACTIONS``; it
+    ignores ``absent``; see :func:`liftcam_utils.metrics.road_curves`), ``"pointing"``
     (energy-based pointing game on the target's boxes, Eq. 14; NaN for a record with no box of its
     target, e.g. a folder of one's own images, and left out of the means) and ``"cosine"`` (cosine
     similarity to the ``reference`` method's alpha, e.g.

@@ -5,14 +5,27 @@ whether ``x`` is the raw or the normalised image. Here every metric blends towar
 ``baseline`` image: ``e = s * x + (1 - s) * baseline``. ``baseline_image(model, "mean")`` is 0 in
 the model's normalised space (the dataset's mean colour, the usual choice); ``"black"`` is the
 raw black image, i.e. ``s * x`` on raw pixels. Tables must say which one was used.
+
+ROAD (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML
+2022) has no baseline: its removed pixels are filled in from the kept ones by noisy linear
+imputation (:func:`noisy_linear_imputation`), so that the shape of the removed region tells the
+model as little as possible about the class.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import sparse
+from scipy.sparse.linalg import splu
 
 DELTAS = torch.linspace(0, 1, 41)  # delta in [0 : 0.025 : 1]
 ABSENT_CHOICES = ("mean", "black")
+ROAD_FRACTIONS = torch.arange(1, 10) / 10  # 10 %, 20 %, ..., 90 % of the pixels removed
+ROAD_NOISE = 0.01  # std of ROAD's imputation noise on raw pixels in [0, 1], the authors' default
+# ROAD's imputation weights: (row offset, column offset, weight) of the 8 neighbours of a pixel
+ROAD_NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
+                   (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
 
 
 def normalisation_of(preprocess) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +86,32 @@ def average_drop_in_deletion(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return _ratio(y - d, y) * 100
 
 
+def _check_fraction(fraction: float) -> None:
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+
+
+def _pixel_count(fraction: float, n_pixels: int) -> int:
+    """``round(fraction * n_pixels)``; ``ValueError`` unless ``fraction`` is in [0, 1]."""
+    _check_fraction(fraction)
+    return int(round(fraction * n_pixels))
+
+
+def _relevance_ranking(saliency: torch.Tensor, seed: int) -> torch.Tensor:
+    """(B, H * W) pixel indices of each map, most salient first, ties in an order drawn from ``seed``."""
+    if saliency.dim() != 3:
+        raise ValueError(f"saliency must be (B, H, W) maps, got shape {tuple(saliency.shape)}")
+    shuffle = torch.randperm(saliency[0].numel(), generator=torch.Generator().manual_seed(seed)).to(saliency.device)
+    return shuffle[saliency.flatten(1)[:, shuffle].argsort(dim=1, descending=True, stable=True)]
+
+
+def _mask_of(saliency: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """1 on ``pixels`` (B, n) of each map, 0 elsewhere, shaped like ``saliency``."""
+    mask = torch.zeros(saliency.flatten(1).shape, dtype=saliency.dtype, device=saliency.device)
+    mask.scatter_(1, pixels, 1.0)
+    return mask.view(saliency.shape)
+
+
 def top_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     """1 on the ``round(fraction * H * W)`` most salient pixels of each map, 0 elsewhere.
 
@@ -81,15 +120,19 @@ def top_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) ->
     that many ones, is the same on every call with the same ``seed``, and grows by nesting as the
     fraction grows. Breaking ties by pixel index instead would favour the top rows of every flat
     region of the map (a ReLU's zeros, a saturated plateau) and bias insertion / deletion AUCs by where
-    the object happens to sit in the image.
+    the object happens to sit in the image. ``ValueError`` unless ``fraction`` is in [0, 1].
     """
-    batch, height, width = saliency.shape
-    count = int(round(fraction * height * width))
-    shuffle = torch.randperm(height * width, generator=torch.Generator().manual_seed(seed)).to(saliency.device)
-    order = shuffle[saliency.flatten(1)[:, shuffle].argsort(dim=1, descending=True, stable=True)]
-    mask = torch.zeros(batch, height * width, dtype=saliency.dtype, device=saliency.device)
-    mask.scatter_(1, order[:, :count], 1.0)
-    return mask.view(batch, height, width)
+    ranking = _relevance_ranking(saliency, seed)
+    return _mask_of(saliency, ranking[:, :_pixel_count(fraction, ranking.shape[1])])
+
+
+def bottom_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """1 on the ``round(fraction * H * W)`` least salient pixels of each map, 0 elsewhere: the end of
+    the ranking :func:`top_fraction_mask` starts from (same ``seed``, same ties), so where the counts
+    add up to ``H * W`` it is the complement of ``top_fraction_mask(saliency, 1 - fraction, seed)``."""
+    ranking = _relevance_ranking(saliency, seed)
+    count = _pixel_count(fraction, ranking.shape[1])
+    return _mask_of(saliency, ranking[:, ranking.shape[1] - count:])
 
 
 def trapezoid(values: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -117,6 +160,138 @@ def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.
 def auc(curve: torch.Tensor, deltas: torch.Tensor = DELTAS) -> torch.Tensor:
     """Area under a (B, K) insertion or deletion curve over delta in [0, 1]."""
     return trapezoid(curve, deltas.to(curve.device))
+
+
+def imputation_noise(preprocess, raw_std: float = ROAD_NOISE) -> torch.Tensor:
+    """(3, 1, 1) std in the model's normalised space of noise with std ``raw_std`` on raw pixels in
+    [0, 1]: ``raw_std / std`` per channel, ``std`` that of the preprocessing's ``Normalize`` step.
+
+    The authors' code (Rong et al. 2022) imputes raw pixels and adds noise of std 0.01 there; the
+    imputation itself commutes with the per-channel affine normalisation (its weights sum to 1),
+    so imputing normalised images with this noise is the same as imputing raw ones, then
+    normalising (except with no pixel kept, where normalised 0 is the mean colour, not black).
+    """
+    if raw_std < 0:
+        raise ValueError(f"raw_std must be >= 0, got {raw_std}")
+    return raw_std / normalisation_of(preprocess)[1][:, None, None]
+
+
+def _interpolated_values(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """(C, n) values of the n removed pixels of ``image`` (C, H, W), in row-major order, that solve
+    ROAD's linear system exactly (sparse LU); zeros when no pixel is kept (nothing to interpolate)."""
+    height, width = removed.shape
+    rows, columns = np.nonzero(removed)
+    n_removed = len(rows)
+    if n_removed == removed.size:
+        return np.zeros((image.shape[0], n_removed))
+    unknown = np.full(removed.shape, -1)
+    unknown[rows, columns] = np.arange(n_removed)
+    diagonal = np.zeros(n_removed)  # sum of the weights of each removed pixel's neighbours in the image
+    right_hand_side = np.zeros((n_removed, image.shape[0]))  # weighted sum of its kept neighbours
+    couplings = []  # (equation, unknown, -weight) for neighbours that are removed too
+    for row_offset, column_offset, weight in ROAD_NEIGHBOURS:
+        neighbour_rows, neighbour_columns = rows + row_offset, columns + column_offset
+        inside = np.flatnonzero((neighbour_rows >= 0) & (neighbour_rows < height)
+                                & (neighbour_columns >= 0) & (neighbour_columns < width))
+        neighbour_rows, neighbour_columns = neighbour_rows[inside], neighbour_columns[inside]
+        diagonal[inside] += weight
+        neighbour = unknown[neighbour_rows, neighbour_columns]
+        also_removed = neighbour >= 0
+        couplings.append((inside[also_removed], neighbour[also_removed], np.full(also_removed.sum(), -weight)))
+        kept = ~also_removed
+        right_hand_side[inside[kept]] += weight * image[:, neighbour_rows[kept], neighbour_columns[kept]].T
+    equations, unknowns, weights = (np.concatenate(parts) for parts in zip(*couplings, strict=True))
+    system = (sparse.csc_matrix((weights, (equations, unknowns)), shape=(n_removed, n_removed))
+              + sparse.diags(diagonal, format="csc"))
+    return splu(system, permc_spec="COLAMD").solve(right_hand_side).T
+
+
+def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float | torch.Tensor = ROAD_NOISE,
+                            seed: int = 0) -> torch.Tensor:
+    """ROAD's noisy linear imputation (Rong et al., ICML 2022): ``x`` (B, C, H, W) with the pixels
+    where ``removed`` (B, H, W; bool or 0 / 1) is true replaced, channel by channel, by
+
+        x_i = sum_{j in N(i)} w_ij x_j / sum_{j in N(i)} w_ij,   then   x_i + eps_i,  eps_i ~ N(0, noise^2),
+
+    where ``N(i)`` are the (up to 8) neighbours of pixel ``i`` inside the image, ``w_ij = 1/6`` for
+    the 4 direct and ``1/12`` for the 4 diagonal ones. The kept pixels are fixed to their values
+    and unchanged; the removed ones are the unknowns of one sparse linear system, solved exactly
+    (inside the image the weights sum to 1, the paper's equation; at the border the weights of the
+    neighbours that exist are renormalised, as in the authors' code). Its matrix is a weighted graph
+    Laplacian with the kept pixels as boundary, so it is non-singular whenever one pixel is kept.
+    With no pixel kept there is nothing to interpolate from: the removed pixels become 0, the
+    dataset's mean colour in the model's normalised space (``baseline_image(..., "mean")``).
+
+    ``noise``: the std of the Gaussian noise added to the removed pixels only, in the units of
+    ``x``, a number or a (C, 1, 1) tensor (per channel); for normalised images
+    :func:`imputation_noise` gives the authors' 0.01 on raw pixels. The noise is one (C, H, W) field
+    drawn from ``seed``, the same for every image and every mask: the result is deterministic for a
+    seed and does not depend on the batch.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must be a (B, C, H, W) batch of images, got shape {tuple(x.shape)}")
+    batch, channels, height, width = x.shape
+    if tuple(removed.shape) != (batch, height, width):
+        raise ValueError(f"mask {tuple(removed.shape)} does not match the images {tuple(x.shape)}: "
+                         f"expected {(batch, height, width)}")
+    if removed.dtype != torch.bool:
+        if not ((removed == 0) | (removed == 1)).all():
+            raise ValueError("mask must be boolean or 0 / 1 (1: removed)")
+        removed = removed != 0
+    std = torch.as_tensor(noise, dtype=torch.float64).cpu()
+    if std.dim() != 0 and tuple(std.shape) != (channels, 1, 1):
+        raise ValueError(f"noise must be a number or a ({channels}, 1, 1) tensor, got shape {tuple(std.shape)}")
+    if not (std >= 0).all():
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    field = torch.randn(channels, height, width, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64) * std
+    removed = removed.cpu()
+    imputed = x.detach().clone()
+    for index in range(batch):
+        where = removed[index]
+        if where.any():
+            values = _interpolated_values(x[index].detach().cpu().double().numpy(), where.numpy())
+            imputed[index][:, where.to(x.device)] = (torch.from_numpy(values) + field[:, where]).to(x)
+    return imputed
+
+
+def road_curves(net, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor,
+                fractions=ROAD_FRACTIONS, noise: float | torch.Tensor = ROAD_NOISE, seed: int = 0
+                ) -> dict[str, torch.Tensor]:
+    """ROAD, RemOve And Debias (Rong et al., ICML 2022), without retraining: the softmax of the
+    target after the ``100 p %`` most relevant pixels of the map (MoRF, ``"morf"``) or the
+    ``100 p %`` least relevant ones (LeRF, ``"lerf"``) are removed by :func:`noisy_linear_imputation`
+    (``noise``, ``seed``), for each ``p`` of ``fractions``. Returns (B, K) curves.
+
+    The paper plots the accuracy over a test set against the fraction removed; per image, the
+    target's softmax takes its place (the authors' code also reports the mean softmax of the class
+    predicted on the original image). A faithful map makes the MoRF curve fall fast and the LeRF
+    curve stay high. Pixels of equal saliency are ranked as in :func:`top_fraction_mask` (seeded,
+    the same at every fraction; the LeRF pixels are the end of the same ranking,
+    :func:`bottom_fraction_mask`).
+    """
+    if x.dim() != 4 or tuple(saliency.shape) != (x.shape[0], *x.shape[2:]):
+        raise ValueError(f"saliency {tuple(saliency.shape)} does not match the images {tuple(x.shape)}")
+    fractions = [float(p) for p in fractions]
+    if not fractions:
+        raise ValueError("fractions is empty")
+    for fraction in fractions:  # all checked before the first solve
+        _check_fraction(fraction)
+    morf, lerf = [], []
+    for fraction in fractions:
+        most = top_fraction_mask(saliency, fraction, seed)
+        least = bottom_fraction_mask(saliency, fraction, seed)
+        morf.append(_target_softmax(net, noisy_linear_imputation(x, most, noise, seed), target))
+        lerf.append(_target_softmax(net, noisy_linear_imputation(x, least, noise, seed), target))
+    return {"morf": torch.stack(morf, 1), "lerf": torch.stack(lerf, 1)}
+
+
+def road_score(curve: torch.Tensor) -> torch.Tensor:
+    """One number per image for a (B, K) ROAD curve: its mean over the fractions. The paper compares
+    the curves themselves (accuracy at each fraction); for equally spaced fractions the mean is
+    proportional to the area under the curve by the midpoint rule. Lower is better for MoRF,
+    higher for LeRF."""
+    return curve.mean(-1)
 
 
 def energy_pointing_game(saliency: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,28 @@ def test_cosine_is_undefined_for_per_pixel_methods(tiny_model, records):
     assert rows["AD"].notna().all()
 
 
+def test_road_is_a_metric_of_evaluate(tiny_model, records):
+    """``metrics=("road",)``: each row's MoRF / LeRF curves at the 9 fractions are those of
+    ``metrics.road_curves`` on the method's map with the authors' noise (0.01 on raw pixels, here
+    0.02 after Normalize(0.5, 0.5)); the scores are the curves' means, and the summary averages them."""
+    result = E.evaluate(tiny_model, records[:3], ["liftcam"], metrics=("road",), progress=False)
+    rows = result.rows
+    assert list(rows.columns) == [*E.ROW_COLUMNS, "road_morf", "road_lerf", "road_morf_curve", "road_lerf_curve"]
+    x = torch.stack([tiny_model.preprocess(r.image()) for r in records[:3]])
+    target = torch.tensor([r.label for r in records[:3]])
+    saliency = lu.saliency("liftcam", tiny_model.split(), x, target)
+    expected = M.road_curves(tiny_model.net, x, saliency, target, noise=torch.full((3, 1, 1), 0.02))
+    for order in ("morf", "lerf"):
+        curves = torch.tensor(rows[f"road_{order}_curve"].tolist())
+        assert curves.shape == (3, 9)
+        torch.testing.assert_close(curves, expected[order], atol=1e-5, rtol=1e-4)
+        assert rows[f"road_{order}"].tolist() == pytest.approx(curves.mean(1).tolist())
+        assert result.summary.loc["liftcam", f"road_{order}"] == pytest.approx(rows[f"road_{order}"].mean())
+    # without noise the curves differ: the row used the authors' noise
+    quiet = M.road_curves(tiny_model.net, x, saliency, target, noise=0.0)
+    assert not torch.allclose(torch.tensor(rows["road_morf_curve"].tolist()), quiet["morf"], atol=1e-7, rtol=0)
+
+
 def test_pointing_without_a_box_of_the_target_is_undefined(tiny_model, records):
     # img1's only box is of another class; img3 has none: their game is undefined, not a score of 0
     changed = list(records)

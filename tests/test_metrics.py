@@ -181,3 +181,167 @@ def test_cosine_similarity_by_hand():
     torch.testing.assert_close(M.cosine_similarity(a, b), torch.tensor([0.0, 1.0, 0.0]))
     torch.testing.assert_close(M.cosine_similarity(torch.tensor([3.0, 4.0]), torch.tensor([4.0, 3.0])),
                                torch.tensor(24 / 25))
+
+
+# ROAD (Rong et al., ICML 2022): noisy linear imputation, MoRF / LeRF curves
+
+
+def _impute(image, removed, noise=0.0, seed=0):
+    """One (C, H, W) image and its (H, W) mask through the batched imputation."""
+    return M.noisy_linear_imputation(image[None], torch.as_tensor(removed)[None], noise, seed)[0]
+
+
+def test_imputed_centre_is_the_weighted_mean_of_its_eight_neighbours():
+    """3 x 3, two channels, centre removed: direct neighbours weigh 1/6, diagonal ones 1/12."""
+    image = torch.tensor([[[24.0, 1.0, 0.0], [2.0, 99.0, 3.0], [0.0, 4.0, 0.0]],
+                          [[0.0, 5.0, 0.0], [0.0, -7.0, 0.0], [6.0, 0.0, 1.0]]])
+    removed = torch.zeros(3, 3, dtype=torch.bool)
+    removed[1, 1] = True
+    imputed = _impute(image, removed)
+    # channel 0: (1 + 2 + 3 + 4) / 6 + 24 / 12 = 11 / 3; channel 1: 5 / 6 + (6 + 1) / 12 = 17 / 12
+    torch.testing.assert_close(imputed[:, 1, 1], torch.tensor([11 / 3, 17 / 12]))
+    assert torch.equal(imputed[:, ~removed], image[:, ~removed])  # kept pixels exactly unchanged
+    # not the plain mean of the 8 neighbours (34 / 8), nor of the 4 direct ones (10 / 4)
+    assert abs(imputed[0, 1, 1].item() - 34 / 8) > 0.5 and abs(imputed[0, 1, 1].item() - 10 / 4) > 0.5
+
+
+def test_imputed_corner_renormalises_the_weights_of_the_neighbours_inside_the_image():
+    """Corner (0, 0) of a 3 x 3 image: neighbours (0, 1), (1, 0) at 1/6 and (1, 1) at 1/12, sum 5/12:
+    the value is (2 x01 + 2 x10 + x11) / 5."""
+    image = torch.tensor([[[50.0, 1.0, 7.0], [3.0, 10.0, 7.0], [7.0, 7.0, 7.0]]])
+    removed = torch.zeros(3, 3)
+    removed[0, 0] = 1  # a 0 / 1 float mask works like a boolean one
+    torch.testing.assert_close(_impute(image, removed)[0, 0, 0], torch.tensor((2 * 1 + 2 * 3 + 10) / 5))
+
+
+def test_imputation_of_a_strip_is_linear_interpolation():
+    """Between two kept ends the solution of the system is linear in the column: a 1 x 6 strip, and
+    a 3 x 5 image whose rows are equal (diagonal neighbours then weigh like the direct ones)."""
+    strip = torch.tensor([[[0.0, 5.0, -3.0, 8.0, 1.0, 10.0]]])
+    inner = torch.tensor([[False, True, True, True, True, False]])
+    torch.testing.assert_close(_impute(strip, inner)[0, 0], torch.tensor([0.0, 2.0, 4.0, 6.0, 8.0, 10.0]))
+    rows = torch.tensor([1.0, -4.0, 0.0, 2.0, 9.0]).expand(3, 5)[None]
+    middle = torch.zeros(3, 5, dtype=torch.bool)
+    middle[:, 1:4] = True
+    torch.testing.assert_close(_impute(rows, middle)[0], torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0]).expand(3, 5))
+    # a removed run at the end of the strip has one kept neighbour: it takes its value
+    end = torch.tensor([[False, False, False, False, True, True]])
+    torch.testing.assert_close(_impute(strip, end)[0, 0], torch.tensor([0.0, 5.0, -3.0, 8.0, 8.0, 8.0]))
+
+
+def test_imputation_with_every_pixel_removed_is_zero_and_nothing_removed_is_the_image():
+    """No kept pixel: the system would be singular (constants solve it); the defined answer is 0, the
+    mean colour in normalised space. In a batch, the other images are imputed as usual."""
+    images = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    removed = torch.zeros(2, 4, 5, dtype=torch.bool)
+    removed[0] = True
+    removed[1, 1, 2] = True
+    imputed = M.noisy_linear_imputation(images, removed, noise=0.0)
+    assert torch.equal(imputed[0], torch.zeros(3, 4, 5))
+    torch.testing.assert_close(imputed[1], _impute(images[1], removed[1]))
+    assert imputed[1, :, 1, 2].abs().max() > 0
+    for height, width in ((1, 2), (2, 2), (7, 9)):  # small ones are exactly singular: splu would raise
+        whole = torch.ones(1, height, width, dtype=torch.bool)
+        assert torch.equal(M.noisy_linear_imputation(torch.ones(1, 2, height, width), whole, noise=0.0),
+                           torch.zeros(1, 2, height, width))
+    nothing = torch.zeros(2, 4, 5, dtype=torch.bool)
+    assert torch.equal(M.noisy_linear_imputation(images, nothing, noise=0.5), images)
+    # with noise, the all-removed image is the seed's noise field itself
+    noisy = M.noisy_linear_imputation(images[:1], removed[:1], noise=0.5, seed=3)[0]
+    torch.testing.assert_close(noisy, 0.5 * torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(3),
+                                                        dtype=torch.float64).float())
+
+
+def test_imputation_noise_is_only_on_removed_pixels_and_deterministic_for_a_seed():
+    images = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    removed = torch.rand(2, 40, 40, generator=torch.Generator().manual_seed(2)) < 0.6
+    clean = M.noisy_linear_imputation(images, removed, noise=0.0)
+    noisy = M.noisy_linear_imputation(images, removed, noise=0.1, seed=7)
+    kept = ~removed[:, None].expand_as(images)
+    assert torch.equal(noisy[kept], images[kept])
+    added = (noisy - clean)[~kept]
+    assert 0.09 < added.std().item() < 0.11 and abs(added.mean().item()) < 0.01
+    assert torch.equal(noisy, M.noisy_linear_imputation(images, removed, noise=0.1, seed=7))
+    assert not torch.equal(noisy, M.noisy_linear_imputation(images, removed, noise=0.1, seed=8))
+    assert torch.equal(noisy[1:], M.noisy_linear_imputation(images[1:], removed[1:], noise=0.1, seed=7))
+    # a per-channel std: none on channel 1
+    per_channel = M.noisy_linear_imputation(images, removed, noise=torch.tensor([0.1, 0.0, 0.2])[:, None, None])
+    torch.testing.assert_close(per_channel[:, 1], clean[:, 1], rtol=0, atol=0)
+    assert (per_channel[:, 2] - clean[:, 2])[removed].std() > 1.5 * (per_channel[:, 0] - clean[:, 0])[removed].std()
+
+
+def test_imputation_noise_in_normalised_space():
+    """0.01 on raw pixels in [0, 1] is 0.01 / std after Normalize."""
+    preprocess = _imagenet_preprocess((0.5, 0.25, 0.0), (0.5, 0.5, 1.0))
+    torch.testing.assert_close(M.imputation_noise(preprocess).flatten(), torch.tensor([0.02, 0.02, 0.01]))
+    torch.testing.assert_close(M.imputation_noise(preprocess, 0.1).flatten(), torch.tensor([0.2, 0.2, 0.1]))
+
+
+def test_bottom_fraction_mask_is_the_end_of_the_same_ranking():
+    s = torch.tensor([[[0.1, 0.9], [0.5, 0.5]]])
+    assert M.bottom_fraction_mask(s, 0.25).tolist() == [[[1, 0], [0, 0]]]
+    assert M.bottom_fraction_mask(s, 0.0).sum() == 0 and M.bottom_fraction_mask(s, 1.0).sum() == 4
+    ties = (torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)) * 3).floor()
+    for seed in range(5):
+        for fraction in (0.25, 0.5, 0.75):
+            bottom = M.bottom_fraction_mask(ties, fraction, seed)
+            assert torch.equal(bottom, 1 - M.top_fraction_mask(ties, 1 - fraction, seed))
+    assert not all(torch.equal(M.bottom_fraction_mask(ties, 0.5, 0), M.bottom_fraction_mask(ties, 0.5, seed))
+                   for seed in range(1, 5))
+
+
+def _half_sum_net(images):
+    """logit_0 = sum of pixels / 2 - 5, logit_1 = 0: softmax_0 = sigmoid(sum / 2 - 5)."""
+    total = images.flatten(1).sum(1)
+    return torch.stack([total / 2 - 5, torch.zeros_like(total)], 1)
+
+
+def test_road_morf_and_lerf_by_hand():
+    """1 x 5 image [4, 0, 2, 0, 6] (sum 12), map [0.1, 0.9, 0.5, 0.3, 0.7]: ranking p1, p4, p2, p3, p0.
+    A removed run between kept pixels is interpolated linearly, one at the end takes its kept
+    neighbour's value.
+    MoRF 20 %: p1 -> 3 ([4, 3, 2, 0, 6], sum 15); 40 %: p1 -> 3, p4 -> 0 (sum 9);
+    60 %: p1, p2 -> 8/3, 4/3 between 4 and 0, p4 -> 0 (sum 8).
+    LeRF 20 %: p0 -> 0 ([0, 0, 2, 0, 6], sum 8); 40 %: p0 -> 0, p3 -> 4 (sum 12);
+    60 %: p0 -> 0, p2, p3 -> 2, 4 between 0 and 6 (sum 12)."""
+    x = torch.tensor([[[[4.0, 0.0, 2.0, 0.0, 6.0]]]])
+    s = torch.tensor([[[0.1, 0.9, 0.5, 0.3, 0.7]]])
+    curves = M.road_curves(_half_sum_net, x, s, torch.tensor([0]), fractions=[0.0, 0.2, 0.4, 0.6], noise=0.0)
+    morf = [_sigmoid(v / 2 - 5) for v in (12, 15, 9, 8)]
+    lerf = [_sigmoid(v / 2 - 5) for v in (12, 8, 12, 12)]
+    torch.testing.assert_close(curves["morf"], torch.tensor([morf]))
+    torch.testing.assert_close(curves["lerf"], torch.tensor([lerf]))
+    torch.testing.assert_close(M.road_score(curves["morf"]), torch.tensor([sum(morf) / 4]))
+    # with the authors' noise the curves move a little and are reproducible for the seed
+    noisy = M.road_curves(_half_sum_net, x, s, torch.tensor([0]), fractions=[0.2, 0.4], seed=1)
+    assert torch.equal(noisy["morf"], M.road_curves(_half_sum_net, x, s, torch.tensor([0]), [0.2, 0.4], seed=1)["morf"])
+    torch.testing.assert_close(noisy["morf"], torch.tensor([morf[1:3]]), atol=0.02, rtol=0)
+    assert not torch.equal(noisy["morf"], torch.tensor([morf[1:3]]))
+    assert len(M.ROAD_FRACTIONS) == 9 and M.ROAD_FRACTIONS[0].item() == pytest.approx(0.1)
+
+
+def test_road_refuses_bad_input():
+    x = torch.zeros(1, 1, 3, 3)
+    s = torch.zeros(1, 3, 3)
+    target = torch.tensor([0])
+    for fraction in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+            M.road_curves(_net, x, s, target, fractions=[0.5, fraction])
+        with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+            M.top_fraction_mask(s, fraction)
+    with pytest.raises(ValueError, match="fractions is empty"):
+        M.road_curves(_net, x, s, target, fractions=[])
+    with pytest.raises(ValueError, match="saliency .* does not match the images"):
+        M.road_curves(_net, x, torch.zeros(1, 3, 4), target)
+    with pytest.raises(ValueError, match="mask .* does not match the images"):
+        M.noisy_linear_imputation(x, torch.zeros(1, 3, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="boolean or 0 / 1"):
+        M.noisy_linear_imputation(x, torch.full((1, 3, 3), 0.5))
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        M.noisy_linear_imputation(x, torch.ones(1, 3, 3), noise=-0.01)
+    with pytest.raises(ValueError, match=r"noise must be a number or a \(1, 1, 1\) tensor"):
+        M.noisy_linear_imputation(x, torch.ones(1, 3, 3), noise=torch.ones(3))
+    with pytest.raises(ValueError, match=r"x must be a \(B, C, H, W\)"):
+        M.noisy_linear_imputation(x[0], torch.ones(1, 3, 3))
+    with pytest.raises(ValueError, match=r"saliency must be \(B, H, W\)"):
+        M.top_fraction_mask(s[0], 0.5)
