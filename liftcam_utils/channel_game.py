@@ -10,16 +10,20 @@ op's output is computed once per image, and a coalition costs a sum of ``D_k`` p
 evaluation of ``R``; along an ordering, the prefixes are running sums, several orderings at a time.
 The sums rest on the additivity of ``M``'s output over channels, which is checked once per game, on
 the full coalition and one random coalition; where it fails, the game evaluates the full head instead.
+Where ``R`` is elementwise, :meth:`ChannelGame.quadratic_control` and :meth:`ChannelGame.minus` give SHAP-CAM its
+control variate (:mod:`liftcam_utils.quadratic_control`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
 
 from .cam import CamInput
 from .head_factoring import factor_head
+from .quadratic_control import QuadraticControl, fit_quadratic_control, is_elementwise
 
 # Prefix states held at once along orderings (float32 entries of M's output): 4 MiB stays in this
 # CPU's last-level cache; a GPU takes 256 MiB. Each chunk advances every ordering of a batch by
@@ -47,6 +51,7 @@ class ChannelGame:
         self.target = int(inputs.target[index])
         self.n = self.maps.shape[0]
         self._head = inputs.split.head
+        self._control: QuadraticControl | None = None  # set on the residual games of :meth:`minus`
         self._factored = factor_head(self._head)
         parts = None if self._factored is None else self._factored.contributions(self.maps, batch_size)
         if parts is None:  # no factors, or their contributions do not add up on these maps
@@ -69,11 +74,34 @@ class ChannelGame:
             inputs.games[key] = cls(inputs, index, batch_size)
         return inputs.games[key]
 
+    @functools.cached_property
+    def quadratic_control(self) -> QuadraticControl | None:
+        """The quadratic control variate of :mod:`liftcam_utils.quadratic_control` for this game, or None where
+        the head does not factor with an elementwise ``R`` and an affine readout (the game (1) of that module)."""
+        if self._factored is None or self._readout is None or not is_elementwise(self._factored.rest):
+            return None
+        return fit_quadratic_control(self._factored.rest, self._base, self._full, self._contributions,
+                                     self._readout[0])
+
+    def minus(self, control: QuadraticControl) -> ChannelGame:
+        """The residual game ``v - g`` of ``control`` (from :attr:`quadratic_control`): the same contributions,
+        orderings per batch and chunks, with ``g`` of each prefix state subtracted from ``R``'s value."""
+        if self._factored is None or self._readout is None:
+            raise ValueError("a residual game needs a head factored with an affine readout (see quadratic_control)")
+        residual = copy.copy(self)
+        residual.__dict__.pop("ends", None)
+        residual.__dict__.pop("quadratic_control", None)
+        residual._control = control
+        return residual
+
     @torch.no_grad()
     def _rest(self, mixed: torch.Tensor) -> torch.Tensor:
         shape = self._base.shape
-        return torch.cat([self._factored.target_logits(chunk.view(-1, *shape), self.target, self._readout)
-                          for chunk in mixed.split(self.batch_size)])
+        values = []
+        for chunk in mixed.split(self.batch_size):
+            value = self._factored.target_logits(chunk.view(-1, *shape), self.target, self._readout)
+            values.append(value if self._control is None else self._control.subtract_from(value, chunk))
+        return torch.cat(values)
 
     @torch.no_grad()
     def values(self, coalitions: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Shapley values of the channel game (the paper's Eq. 6) and their estimators.
 
-* ``shapcam``: SHAP-CAM_P, Algorithm 1 (mean marginal contribution over P random orderings).
+* ``shapcam``: SHAP-CAM_P, Algorithm 1 (mean marginal contribution over P random orderings), with
+  variance-reduced designs of the orderings (antithetic, stratified) and a quadratic control variate.
 * ``exact_shap``: Eq. 6 itself; closed form for an affine head, exhaustive for a few channels.
 * ``kernelshapcam``: KernelSHAP (Lundberg & Lee 2017, Theorem 2) on the channel players.
 
@@ -9,6 +10,7 @@ All satisfy local accuracy, ``sum_k alpha_k = F^c(A) - F^c(0)`` (footnote 4 of t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator
@@ -37,38 +39,116 @@ def random_orderings(n_players: int, n_orderings: int, seed: int) -> torch.Tenso
     return torch.stack(list(itertools.islice(ordering_stream(n_players, seed), n_orderings)))
 
 
+def _with_reverses(forward: torch.Tensor, n_orderings: int) -> torch.Tensor:
+    """Each row of ``forward`` (P', N) followed by its reverse, cut to ``n_orderings`` rows."""
+    return torch.stack([forward, forward.flip(1)], 1).reshape(-1, forward.shape[1])[:n_orderings]
+
+
 def antithetic_orderings(n_players: int, n_orderings: int, seed: int) -> torch.Tensor:
     """``ceil(P / 2)`` seeded random orderings, each followed by its reverse, cut to P rows.
 
     A channel that comes early in one ordering comes late in the other, so their marginal
     contributions are negatively correlated and their mean varies less than that of two
-    independent orderings (antithetic sampling).
+    independent orderings (antithetic sampling). For a game of order 2,
+    ``v(S) = v_0 + sum_{i in S} b_i + sum_{i < j in S} c_ij``, the pair is exact: channel ``i``'s two
+    marginals are ``b_i + sum_{j before i} c_ij`` and ``b_i + sum_{j after i} c_ij``, whose mean is
+    ``b_i + sum_{j != i} c_ij / 2``, its Shapley value (Eq. 6). A term of order 3, ``c_ijk``, counts
+    ``(1[j, k before i] + 1[j, k after i]) / 2`` instead of ``1/3``: not exact beyond order 2.
     """
-    forward = random_orderings(n_players, (n_orderings + 1) // 2, seed)
-    return torch.stack([forward, forward.flip(1)], 1).reshape(-1, n_players)[:n_orderings]
+    return _with_reverses(random_orderings(n_players, (n_orderings + 1) // 2, seed), n_orderings)
+
+
+def stratified_orderings(n_players: int, n_orderings: int, seed: int, antithetic: bool = False) -> torch.Tensor:
+    """P seeded orderings in which every player's position is stratified: (P, N).
+
+    Ordering ``t`` sorts N keys ``q_ti = (sigma_i(t) + U_ti) / P``, with ``sigma_i`` a random permutation
+    of the P strata for each player and ``U`` uniform on [0, 1): a Latin hypercube sample of each
+    player's key across the orderings, one key in each ``[t / P, (t + 1) / P)``. Within one ordering the
+    keys of different players are independent and uniform, so every ordering is a uniformly random
+    permutation (each is Algorithm 1's ordering, and the estimator is unbiased with local accuracy,
+    whatever the dependence between orderings). Given its key ``q``, the players before ``i`` are the
+    others, each independently with probability ``q``: the coalition of Owen's multilinear extension,
+    ``phi_i = int_0^1 E[v(S_q u {i}) - v(S_q)] dq`` (Owen 1972), so the mean over the P orderings is that
+    integral sampled with one ``q`` per stratum of width ``1 / P`` and per player: stratified by the
+    expected position ``q (N - 1)`` (Okhrati & Lipani 2021 sample the same integral on a grid of ``q``),
+    with proportional allocation (Castro et al. 2017: one sample in each stratum of probability
+    ``1 / P``, so the mean over strata of the per-stratum means is the mean over orderings). Unlike
+    sampling each (player, coalition size) stratum on its own (Maleki et al. 2013; Castro et al. 2017),
+    which costs two head evaluations per marginal, an ordering still gives all N marginals for N - 1.
+
+    ``antithetic``: ``ceil(P / 2)`` orderings from keys folded into ``[0, 1/2)`` strata and flipped to
+    ``1 - q`` with probability 1/2 (uniform again), each followed by its reverse (keys ``1 - q``): the
+    strata of ``[0, 1)`` once each, and the pairs of :func:`antithetic_orderings` (exact on games of
+    order 2). The design depends on P: unlike :func:`random_orderings` the first P' of P orderings are
+    not the design of P'.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows = (n_orderings + 1) // 2 if antithetic else n_orderings
+    strata = torch.rand(rows, n_players, generator=generator, dtype=torch.float64).argsort(0)
+    keys = (strata + torch.rand(rows, n_players, generator=generator, dtype=torch.float64)) / rows
+    if not antithetic:
+        return keys.argsort(1)
+    flip = torch.rand(rows, n_players, generator=generator) < 0.5
+    keys = torch.where(flip, 1 - keys / 2, keys / 2)
+    return _with_reverses(keys.argsort(1), n_orderings)
+
+
+# The ordering designs of ``shapcam(estimator=...)``.
+ESTIMATORS = {
+    "plain": random_orderings,
+    "antithetic": antithetic_orderings,
+    "stratified": stratified_orderings,
+    "stratified_antithetic": functools.partial(stratified_orderings, antithetic=True),
+}
+CONTROLS = (None, "quadratic")
 
 
 def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0, batch_size: int = 256,
-            antithetic: bool = False) -> torch.Tensor:
+            estimator: str = "plain", control: str | None = None) -> torch.Tensor:
     """SHAP-CAM_P (Algorithm 1): average over P orderings of the marginal contributions.
 
     Along an ordering ``pi`` the prefixes ``{pi(1..i)}`` are evaluated once each, so one ordering
     costs N - 1 head evaluations (the empty and full coalitions are shared by all orderings), not
     the 2N of a literal reading of Algorithm 1; ``ChannelGame.orderings_per_batch`` orderings are
-    evaluated together. ``antithetic=True`` pairs each random ordering with
-    its reverse (:func:`antithetic_orderings`): the same estimator of Eq. 6 with less variance; the
-    default is Algorithm 1's independent orderings.
+    evaluated together. Every estimator evaluates P orderings, at the same cost, each a uniformly
+    random permutation, so each is unbiased for Eq. 6 and keeps local accuracy; they differ in how
+    the orderings depend on each other:
+
+    * ``estimator="plain"`` (default): Algorithm 1's independent orderings (:func:`random_orderings`);
+    * ``"antithetic"``: each ordering followed by its reverse (:func:`antithetic_orderings`), exact on
+      games of order 2 with an even P;
+    * ``"stratified"``: each player's position stratified across the orderings (:func:`stratified_orderings`);
+    * ``"stratified_antithetic"``: both.
+
+    ``control="quadratic"``: the orderings run on the residual game ``v - g`` of a quadratic control
+    variate ``g`` with exact Shapley values, added back (:mod:`liftcam_utils.quadratic_control`):
+    unbiased, locally accurate, for heads whose part after the channel-mixing op is elementwise
+    then affine (else ``ValueError``). Its fit costs a few hundred evaluations of that elementwise
+    op, no head evaluation; each prefix state is then also read out as ``g``, one more pass over it.
+    An antithetic pair is already exact on ``g`` (order 2), so with the antithetic designs the control
+    changes nothing (up to rounding).
     """
     check_positive_int("n_permutations", n_permutations)
-    n = inputs.num_maps
-    draw = antithetic_orderings if antithetic else random_orderings
-    orderings = draw(n, n_permutations, seed)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; valid: {', '.join(ESTIMATORS)}")
+    if control not in CONTROLS:
+        raise ValueError(f"unknown control {control!r}; valid: None, 'quadratic'")
+    orderings = ESTIMATORS[estimator](inputs.num_maps, n_permutations, seed)
     alpha = torch.zeros(inputs.maps.shape[:2], dtype=torch.float64)
+    exact = torch.zeros_like(alpha)
     for b in range(inputs.maps.shape[0]):
         game = ChannelGame.of(inputs, b, batch_size)
+        if control is not None:
+            if game.quadratic_control is None:
+                raise ValueError(f"control='quadratic' needs a head that factors as R o M o P with an elementwise "
+                                 f"R and an affine readout; layer {inputs.split.layer!r} does not")
+            game, exact[b] = game.minus(game.quadratic_control), game.quadratic_control.shapley
         for group in orderings.split(game.orderings_per_batch):
             alpha[b] += game.marginals(group).sum(0)
-    return (alpha / n_permutations).to(device=inputs.maps.device, dtype=inputs.maps.dtype)
+    alpha = alpha / n_permutations
+    if control is not None:
+        alpha += exact
+    return alpha.to(device=inputs.maps.device, dtype=inputs.maps.dtype)
 
 
 def _all_coalitions(n: int) -> torch.Tensor:
