@@ -112,6 +112,17 @@ def _mask_of(saliency: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     return mask.view(saliency.shape)
 
 
+def _top_of(saliency: torch.Tensor, ranking: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The mask of the first ``round(fraction * H * W)`` pixels of ``ranking`` (:func:`_relevance_ranking`)."""
+    return _mask_of(saliency, ranking[:, :_pixel_count(fraction, ranking.shape[1])])
+
+
+def _bottom_of(saliency: torch.Tensor, ranking: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The mask of the last ``round(fraction * H * W)`` pixels of ``ranking``."""
+    count = _pixel_count(fraction, ranking.shape[1])
+    return _mask_of(saliency, ranking[:, ranking.shape[1] - count:])
+
+
 def top_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     """1 on the ``round(fraction * H * W)`` most salient pixels of each map, 0 elsewhere.
 
@@ -122,17 +133,14 @@ def top_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) ->
     region of the map (a ReLU's zeros, a saturated plateau) and bias insertion / deletion AUCs by where
     the object happens to sit in the image. ``ValueError`` unless ``fraction`` is in [0, 1].
     """
-    ranking = _relevance_ranking(saliency, seed)
-    return _mask_of(saliency, ranking[:, :_pixel_count(fraction, ranking.shape[1])])
+    return _top_of(saliency, _relevance_ranking(saliency, seed), fraction)
 
 
 def bottom_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     """1 on the ``round(fraction * H * W)`` least salient pixels of each map, 0 elsewhere: the end of
     the ranking :func:`top_fraction_mask` starts from (same ``seed``, same ties), so where the counts
     add up to ``H * W`` it is the complement of ``top_fraction_mask(saliency, 1 - fraction, seed)``."""
-    ranking = _relevance_ranking(saliency, seed)
-    count = _pixel_count(fraction, ranking.shape[1])
-    return _mask_of(saliency, ranking[:, ranking.shape[1] - count:])
+    return _bottom_of(saliency, _relevance_ranking(saliency, seed), fraction)
 
 
 def trapezoid(values: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -149,9 +157,10 @@ def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.
     Pixels of equal saliency are ranked in a random order drawn from ``seed``
     (:func:`top_fraction_mask`), the same at every delta: the curves are deterministic for a seed,
     and a flat region of the map is inserted or deleted in no particular spatial order."""
+    ranking = _relevance_ranking(saliency, seed)  # once: every delta takes a prefix of it
     insertion, deletion = [], []
     for delta in deltas.tolist():
-        keep = top_fraction_mask(saliency, delta, seed)
+        keep = _top_of(saliency, ranking, delta)
         insertion.append(_target_softmax(net, blend(x, keep, baseline), target))
         deletion.append(_target_softmax(net, blend(x, 1 - keep, baseline), target))
     return {"insertion": torch.stack(insertion, 1), "deletion": torch.stack(deletion, 1)}
@@ -277,10 +286,10 @@ def road_curves(net, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tens
         raise ValueError("fractions is empty")
     for fraction in fractions:  # all checked before the first solve
         _check_fraction(fraction)
+    ranking = _relevance_ranking(saliency, seed)  # once: every fraction takes its two ends
     morf, lerf = [], []
     for fraction in fractions:
-        most = top_fraction_mask(saliency, fraction, seed)
-        least = bottom_fraction_mask(saliency, fraction, seed)
+        most, least = _top_of(saliency, ranking, fraction), _bottom_of(saliency, ranking, fraction)
         morf.append(_target_softmax(net, noisy_linear_imputation(x, most, noise, seed), target))
         lerf.append(_target_softmax(net, noisy_linear_imputation(x, least, noise, seed), target))
     return {"morf": torch.stack(morf, 1), "lerf": torch.stack(lerf, 1)}
