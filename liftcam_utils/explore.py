@@ -1,9 +1,13 @@
 """The step logic behind the notebooks' widgets: pure functions and a stepper, testable without a browser.
 
 * :func:`explain`: one method on one PIL image: the map, ``alpha``, the target and the top-3 classes.
+* :func:`explain_question`: the same for a VQA model, an image and a question (the question fixed, paper
+  Sec. 4.4); :func:`answering_model` checks the question and fixes it, with a clear error for one the model
+  cannot encode.
 * :class:`ShapleyStepper`: Algorithm 1 of the paper (SHAP-CAM) one ordering at a time, with its
   running estimate, the last ordering's marginal contributions and its convergence history.
-* :func:`shapley_stepper`: a stepper for one PIL image, against the exact Shapley values where they are cheap.
+* :func:`shapley_stepper`: a stepper for one PIL image, against the exact Shapley values where they are cheap;
+  :func:`stepper_layer`: the layer it is meant for, the model's non-linear cut (:data:`NONLINEAR_CUTS`).
 * :func:`insertion_deletion_at`, :func:`keep_mask`, :func:`blended_views`: what a delta slider shows
   (Table 4's insertion and deletion curves at one delta).
 * :func:`faithfulness`: one image's IC / AD / ADD terms and insertion / deletion AUCs.
@@ -22,6 +26,8 @@ import torch
 from . import metrics as M
 from .cam import cam_map, coefficients, prepare
 from .channel_game import ChannelGame
+from .datasets.questions import PAD, UNKNOWN, tokenize
+from .head_ops import is_affine_head
 from .methods import METHODS
 from .methods.shapley import ordering_stream
 from .split import CamSplit, eval_mode
@@ -41,7 +47,8 @@ def display_image(preprocess, image) -> np.ndarray:
 class Explanation:
     """One method on one image. ``saliency`` (H, W) in [0, 1], ``alpha`` the map weights: (N,) for a
     coefficient rule, (N, h, w) for a per-pixel one (HiResCAM, Layer-CAM), ``top`` = the three
-    most probable classes as ``(index, name, probability)``, ``image`` the (H, W, 3) crop it explains."""
+    most probable classes as ``(index, name, probability)``, ``image`` the (H, W, 3) crop it explains;
+    ``question`` the question of a VQA model (its classes are then the answers), None for an image-only one."""
 
     method: str
     layer: str
@@ -51,6 +58,7 @@ class Explanation:
     target_name: str
     top: list[tuple[int, str, float]]
     image: np.ndarray = field(repr=False)
+    question: str | None = None
 
     def describe(self) -> str:
         """One line per top class, e.g. ``'tabby  0.612'``; the target is marked."""
@@ -64,9 +72,13 @@ class Explanation:
 def explain(model, image, method: str, layer: str | None = None, target: int | None = None,
             **options) -> Explanation:
     """``method`` on the PIL ``image`` at ``layer`` (default: the model's), for ``target`` (default:
-    the predicted class). The body runs once; its maps give both ``alpha`` and the class scores."""
+    the predicted class). The body runs once; its maps give both ``alpha`` and the class scores.
+    A VQA model needs its question fixed first (:func:`explain_question`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if model.questions is not None and model.question is None:
+        raise ValueError(f"model {model.name!r} answers a question about the image: explain it with "
+                         f"explain_question(model, image, question, method)")
     split = model.split(layer)
     x = model.preprocess(image)[None]
     with eval_mode(split.net):
@@ -82,8 +94,53 @@ def explain(model, image, method: str, layer: str | None = None, target: int | N
         method=method, layer=split.layer, saliency=saliency.cpu().numpy(), alpha=alpha[0].cpu().numpy(),
         target=chosen, target_name=names[chosen],
         top=[(int(i), names[int(i)], float(v)) for v, i in zip(values, indices, strict=True)],
-        image=display_image(model.preprocess, image),
+        image=display_image(model.preprocess, image), question=model.question,
     )
+
+
+def _vocabulary_listing(words, shown: int = 60) -> str:
+    words = [w for w in words if w not in (PAD, UNKNOWN)]
+    listing = ", ".join(words[:shown])
+    return listing + (f" ... and {len(words) - shown} more" if len(words) > shown else "")
+
+
+def answering_model(model, question: str):
+    """The VQA ``model`` with ``question`` fixed (``LoadedModel.fixed``; paper Sec. 4.4: "with fixed question
+    embeddings"), after checking that the model can encode it: a ValueError names an empty question, the words
+    its vocabulary lacks (the vocabulary's ``<unk>`` would hide them) or a question longer than the model reads,
+    and what is valid. A model with this question already fixed is returned as it is."""
+    if model.questions is None:
+        raise ValueError(f"model {model.name!r} takes no question; the VQA models take one")
+    if model.question is not None and model.question == question:
+        return model
+    if not isinstance(question, str):
+        raise ValueError(f"a question must be a str, got {type(question).__name__}")
+    vocabulary, length = model.questions
+    tokens = tokenize(question)
+    if not tokens:
+        raise ValueError(f"the question is empty: type a question of 1 to {length} words and punctuation marks "
+                         f"from the vocabulary of {model.name!r}: {_vocabulary_listing(vocabulary.words)}")
+    unknown = list(dict.fromkeys(t for t in tokens if t not in vocabulary))
+    if unknown:
+        raise ValueError(f"the question {question!r} has words {model.name!r} does not know: "
+                         f"{', '.join(map(repr, unknown))}; its vocabulary: {_vocabulary_listing(vocabulary.words)}")
+    if len(tokens) > length:
+        raise ValueError(f"the question {question!r} has {len(tokens)} words and punctuation marks; "
+                         f"{model.name!r} reads at most {length}")
+    return model.fixed(question)
+
+
+def _answering(model, question: str | None):
+    """``model``, with ``question`` fixed where one is given (an explanation's question)."""
+    return model if question is None else answering_model(model, question)
+
+
+def explain_question(model, image, question: str, method: str, layer: str | None = None, target: int | None = None,
+                     **options) -> Explanation:
+    """``method`` on the PIL ``image`` for the VQA ``model`` asked ``question`` (checked by
+    :func:`answering_model`), for the answer ``target`` (default: the model's answer). The explanation's
+    classes are the answers and its ``top`` the three most probable, with their softmax probabilities."""
+    return explain(answering_model(model, question), image, method, layer, target, **options)
 
 
 def _as_vector(alpha) -> torch.Tensor:
@@ -98,24 +155,32 @@ class ShapleyStepper:
     the same seeded stream as :func:`~liftcam_utils.methods.shapley.random_orderings`, and the
     empty and full coalitions are evaluated exactly once, as in ``shapcam``.
 
+    ``estimator``: ``"plain"``, Algorithm 1's independent orderings, or ``"antithetic"``, each ordering followed
+    by its reverse (:func:`~liftcam_utils.methods.shapley.antithetic_orderings`); after P steps :attr:`alpha`
+    equals ``shapcam(..., estimator=estimator)`` with ``n_permutations=P``.
+
     ``reference``: an (N,) alpha (e.g. SHAP-CAM with many orderings) to track convergence against;
     :attr:`history` then holds the cosine similarity after each ordering, :attr:`error_history`
     the relative error ``||alpha_P - alpha_ref|| / ||alpha_ref||``.
     """
 
+    ESTIMATORS = ("plain", "antithetic")
+
     def __init__(self, split: CamSplit, x: torch.Tensor, target: int | None = None, seed: int = 0,
-                 reference=None):
+                 reference=None, estimator: str = "plain"):
         if x.dim() == 3:
             x = x[None]
         if x.shape[0] != 1:
             raise ValueError(f"ShapleyStepper explains one image: x must be (1, C, H, W), got {tuple(x.shape)}")
-        self.split, self.seed = split, seed
+        if estimator not in self.ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r} for the stepper; valid: {', '.join(self.ESTIMATORS)}")
+        self.split, self.seed, self.estimator = split, seed, estimator
         with eval_mode(split.net):
             self.inputs = prepare(split, x, target)
             self._game = ChannelGame.of(self.inputs, 0)
         self.target = int(self.inputs.target[0])
         self.size = tuple(x.shape[-2:])
-        self._orderings = ordering_stream(self.n_players, seed)  # the orderings of shapcam(seed=seed)
+        self._orderings = _orderings(self.n_players, seed, estimator)  # those of shapcam(seed=seed, estimator=...)
         self._sum = torch.zeros(self.n_players, dtype=torch.float64)
         self.n_orderings = 0
         self.last_ordering: np.ndarray | None = None
@@ -139,6 +204,18 @@ class ShapleyStepper:
     @property
     def n_players(self) -> int:
         return self.inputs.num_maps
+
+    @property
+    def affine_head(self) -> bool:
+        """Whether the head ``F`` is affine in ``A``: then every ordering's marginal contributions are the
+        exact Shapley values, and one ordering is as good as any number."""
+        return is_affine_head(self.split.head)
+
+    def describe_head(self) -> str:
+        """One line: the layer, its number of maps and what the orderings do at its head."""
+        kind = ("affine head: every ordering gives the same, exact Shapley values" if self.affine_head
+                else "non-linear head: orderings differ, their mean estimates the Shapley values")
+        return f"SHAP-CAM ({self.estimator}) at {self.split.layer}, {self.n_players} maps, {kind}"
 
     def step(self, k: int = 1) -> np.ndarray:
         """Process ``k`` more orderings; returns the running estimate ``alpha`` (N,)."""
@@ -171,20 +248,42 @@ class ShapleyStepper:
         return cam_map(alpha, self.inputs.maps, self.size)[0].cpu().numpy()
 
 
-def shapley_stepper(model, image, layer: str | None = None, seed: int = 0) -> tuple[ShapleyStepper, float | None]:
-    """A :class:`ShapleyStepper` for the PIL ``image`` at ``layer`` (the predicted class) and LIFT-CAM's cosine
-    to its reference. Where ``exact_shap`` applies (an affine head, or at most 16 maps) the reference is the
-    exact Shapley values (Eq. 6), so the stepper records SHAP-CAM's convergence to them; elsewhere there is no
-    reference and the cosine is None."""
+def _orderings(n_players: int, seed: int, estimator: str):
+    """The orderings of ``shapcam(seed=seed, estimator=estimator)`` one at a time: those of
+    :func:`~liftcam_utils.methods.shapley.ordering_stream`, each followed by its reverse when antithetic."""
+    for ordering in ordering_stream(n_players, seed):
+        yield ordering
+        if estimator == "antithetic":
+            yield ordering.flip(0)
+
+
+# Per model, a cut whose head is non-linear where the model's default cut has an affine head. There every
+# ordering gives the same, exact answer, so a stepper over orderings would show nothing.
+NONLINEAR_CUTS = {"efficientnet_lite0": "_blocks.15._swish@0"}
+
+
+def stepper_layer(model) -> str:
+    """The layer a SHAP-CAM stepper of ``model`` starts at: its non-linear cut (:data:`NONLINEAR_CUTS`) or,
+    where the default layer's head is already non-linear (VGG-style heads, the VQA heads), the default layer."""
+    return NONLINEAR_CUTS.get(model.name, model.layer)
+
+
+def shapley_stepper(model, image, layer: str | None = None, seed: int = 0, target: int | None = None,
+                    question: str | None = None, estimator: str = "plain") -> tuple[ShapleyStepper, float | None]:
+    """A :class:`ShapleyStepper` for the PIL ``image`` at ``layer`` (for ``target``, default the predicted
+    class; for a VQA model asked ``question``) and LIFT-CAM's cosine to its reference. Where ``exact_shap``
+    applies (an affine head, or at most 16 maps) the reference is the exact Shapley values (Eq. 6), so the
+    stepper records SHAP-CAM's convergence to them; elsewhere there is no reference and the cosine is None."""
+    model = _answering(model, question)
     split = model.split(layer)
     x = model.preprocess(image)[None]
     try:
-        exact = coefficients("exact_shap", split, x)[0]
+        exact = coefficients("exact_shap", split, x, target)[0]
     except ValueError:  # exact_shap refuses a non-linear head with many maps
-        return ShapleyStepper(split, x, seed=seed), None
-    liftcam = coefficients("liftcam", split, x)[0]
+        return ShapleyStepper(split, x, target, seed=seed, estimator=estimator), None
+    liftcam = coefficients("liftcam", split, x, target)[0]
     cosine = float(M.cosine_similarity(liftcam.double(), exact.double()))
-    return ShapleyStepper(split, x, seed=seed, reference=exact.cpu().numpy()), cosine
+    return ShapleyStepper(split, x, target, seed=seed, reference=exact.cpu().numpy(), estimator=estimator), cosine
 
 
 def insertion_deletion_at(curves: Mapping[str, object], delta: float,
@@ -211,18 +310,21 @@ def keep_mask(saliency, delta: float) -> np.ndarray:
 
 
 def _metric_inputs(model, image, explanation: Explanation, absent: str):
-    """``(x, saliency, target, baseline)`` of one explained image, batched, as the metrics take them."""
+    """``(net, x, saliency, target, baseline)`` of one explained image, batched, as the metrics take them; for a
+    VQA explanation ``net`` is the model with the explanation's question fixed."""
+    net = _answering(model, explanation.question).net
     x = model.preprocess(image)[None].to(model.device)
     saliency = torch.as_tensor(explanation.saliency, device=x.device)[None]
     target = torch.tensor([explanation.target], device=x.device)
-    return x, saliency, target, M.baseline_image(model.preprocess, absent).to(x.device)
+    return net, x, saliency, target, M.baseline_image(model.preprocess, absent).to(x.device)
 
 
 def insertion_deletion(model, image, explanation: Explanation, absent: str = "mean") -> dict[str, np.ndarray]:
     """Table 4's insertion and deletion curves of ``explanation`` on the PIL ``image``: (K,) arrays
-    over ``metrics.DELTAS``, the softmax of the explanation's target."""
-    with eval_mode(model.net):
-        curves = M.insertion_deletion_curves(model.net, *_metric_inputs(model, image, explanation, absent))
+    over ``metrics.DELTAS``, the softmax of the explanation's target (for a VQA explanation, with its question)."""
+    net, *inputs = _metric_inputs(model, image, explanation, absent)
+    with eval_mode(net):
+        curves = M.insertion_deletion_curves(net, *inputs)
     return {name: curve[0].cpu().numpy() for name, curve in curves.items()}
 
 
@@ -232,10 +334,12 @@ def faithfulness(model, image, explanation: Explanation, absent: str = "mean",
     ``Y``, ``O``, ``D`` (the target's softmax on the image, on ``s o x`` and on ``(1 - s) o x``, Eq. 10), the
     per-image terms of IC, AD and ADD (Eqs. 11-13) and the insertion and deletion AUCs (Table 4).
 
-    ``curves``: the image's :func:`insertion_deletion` curves, computed here when None.
+    ``curves``: the image's :func:`insertion_deletion` curves, computed here when None. For a VQA explanation
+    every score is the answer's softmax with the explanation's question.
     """
-    with eval_mode(model.net):
-        scores = M.confidence_scores(model.net, *_metric_inputs(model, image, explanation, absent))
+    net, *inputs = _metric_inputs(model, image, explanation, absent)
+    with eval_mode(net):
+        scores = M.confidence_scores(net, *inputs)
     if curves is None:
         curves = insertion_deletion(model, image, explanation, absent)
     numbers = {name: float(value[0]) for name, value in scores.items()}

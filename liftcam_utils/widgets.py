@@ -101,6 +101,9 @@ def _show_explanation(out: W.Output, result: explore.Explanation, image_name: st
     _overlay(axes[0], result.image, result.saliency, f"{result.method} -> {result.target_name}")
     _alpha_bars(axes[1], result.alpha)
     text = f"{image_name} at {result.layer}, target {result.target_name}\n" + result.describe()
+    if result.question is not None:
+        _, answer, probability = result.top[0]
+        text += f"\nquestion: {result.question!r} -> the model answers {answer} ({probability:.3f})"
     if curves is not None:
         deltas = DELTAS.numpy()
         for name, colour in (("insertion", "tab:green"), ("deletion", "tab:red")):
@@ -149,10 +152,12 @@ def method_explorer(model, records, methods=None, layers=None, options=None) -> 
     return widget
 
 
-def shapley_stepper_widget(stepper: explore.ShapleyStepper, reference_cosine: float | None = None) -> W.VBox:
+def shapley_stepper_widget(stepper: explore.ShapleyStepper, reference_cosine: float | None = None,
+                           notes: list[str] = ()) -> W.VBox:
     """Buttons "next ordering" and "+10" advance a :class:`~liftcam_utils.explore.ShapleyStepper`;
-    shows the current map, the last ordering's marginal contributions and the convergence curve
-    (cosine to the stepper's reference; ``reference_cosine``, e.g. LIFT-CAM's, as a line)."""
+    shows which layer it cuts and whether its head is affine, the current map, the last ordering's marginal
+    contributions and the convergence curve (cosine to the stepper's reference; ``reference_cosine``, e.g.
+    LIFT-CAM's, as a line); ``notes`` (e.g. warnings) as lines below."""
     one, ten = W.Button(description="next ordering"), W.Button(description="+10")
     out = W.Output()
     x = stepper.inputs.x[0].detach().cpu()  # normalised: min-max it back to [0, 1] for display
@@ -183,11 +188,12 @@ def shapley_stepper_widget(stepper: explore.ShapleyStepper, reference_cosine: fl
             axes[2].set_ylabel("cosine to reference")
             axes[2].legend(fontsize=8)
         else:
-            axes[2].text(0.5, 0.5, "no reference: no convergence curve", ha="center", va="center")
+            axes[2].text(0.5, 0.5, "no exact Shapley values to compare with\n(a non-linear head with many maps)"
+                         if stepper.reference is None else "press 'next ordering'", ha="center", va="center")
             axes[2].axis("off")
         total = sum(stepper.alpha)
-        _show(out, figure, f"orderings: {stepper.n_orderings}   sum(alpha) = {total:.3f}   "
-                           f"F(A) - F(0) = {stepper.full - stepper.empty:.3f}")
+        _show(out, figure, f"{stepper.describe_head()}\norderings: {stepper.n_orderings}   sum(alpha) = {total:.3f}   "
+                           f"F(A) - F(0) = {stepper.full - stepper.empty:.3f}" + "".join(f"\n{n}" for n in notes))
 
     def advance(k):
         def on_click(_button):
@@ -243,9 +249,16 @@ def insertion_slider(model, image, method: str = "liftcam", layer: str | None = 
     return widget
 
 
-EXPLORER_MODELS = ("efficientnet_lite0", "shapes_vgg", "vgg16", "resnet50")
+EXPLORER_MODELS = ("efficientnet_lite0", "shapes_vgg", "shapes_vqa", "vgg16", "resnet50")
 EXPLORER_LAYERS = {"efficientnet_lite0": ["_swish@1", "_blocks.15._swish@0", "_blocks.15"]}
 EXPLORER_OPTIONS = {"shapcam": {"n_permutations": 10, "seed": 0}, "random": {"seed": 0}}
+EXPLORER_VQA_QUESTIONS = 60  # questions of the generated VQA data (about 5 per scene) the app offers
+MODEL_ANSWER = "(the model's answer)"
+
+
+def _caught_notes(caught) -> list[str]:
+    """One line per distinct warning recorded by ``warnings.catch_warnings(record=True)``."""
+    return list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
 
 
 def _unused_label(label: str, taken) -> str:
@@ -255,16 +268,32 @@ def _unused_label(label: str, taken) -> str:
 
 
 def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None, absent: str = "mean",
-                 device=None, seed: int = 0) -> W.VBox:
+                 device=None, seed: int = 0, vqa_records=None) -> W.VBox:
     """The course explorer: pick an image (``records``, default the embedded photos) or upload one, a model,
     a layer (any module path may be typed; ``layers`` suggests some per model) and a method; shows the map
     over the image, the largest ``alpha_k``, the image's IC / AD / ADD and insertion / deletion AUCs (removed
     pixels at the ``absent`` colour), and a SHAP-CAM stepper (Algorithm 1, one ordering at a time, with seed
-    ``seed``) for the same image and layer.
+    ``seed``) for the same image.
+
+    A VQA model (``shapes_vqa``) shows the scenes of ``vqa_records`` (default: questions of the generated VQA
+    data) and a question box, a list of example questions (the scene's own, with their true answers; the
+    data's for an upload) and the answer to explain (default: the model's); the map explains that answer with
+    the question fixed (paper Sec. 4.4), and the text gives the model's answer and its probability. A question
+    the model cannot encode is answered with what is wrong and what is valid. Image-only models hide the
+    question box.
+
+    The stepper has a layer control of its own, starting at the model's non-linear cut
+    (:func:`~liftcam_utils.explore.stepper_layer`), not at the layer of the map above: the map's default is
+    the cut the paper's ResNet50 has (for EfficientNet-Lite0 ``_swish@1``), an affine head, where LIFT-CAM is
+    exactly the Shapley values and every ordering gives the same, exact answer, so a stepper there would show
+    no sampling at all. Keeping both defaults keeps each view meaningful; the stepper's line names its layer
+    and whether its head is affine, and any layer may be typed there too (the default cut, to see one ordering
+    be exact). Its estimator is "plain" (Algorithm 1) or "antithetic" (each ordering followed by its reverse).
 
     Models load on first use (``device``: None picks CUDA when present). ``options``: per method, its options.
-    Bad input (an upload that is not a usable image, an unknown layer, a model whose weights are missing) is
-    shown as a message, and so are warnings (e.g. signed maps); the app keeps running.
+    Bad input (an upload that is not a usable image, an unknown layer, a question the model cannot encode, a
+    model whose weights are missing) is shown as a message, and so are warnings (e.g. signed maps); the app
+    keeps running.
     """
     from .datasets.catalog import load_dataset
     from .methods import METHODS
@@ -275,17 +304,27 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
     if absent not in ABSENT_CHOICES:
         raise ValueError(f"absent must be one of {ABSENT_CHOICES}, got {absent!r}")
     records = list(load_dataset("photos") if records is None else records)
-    images = {record.name: record.image for record in records}  # name -> () -> PIL image
+    images = {"image": {record.name: record.image for record in records}}  # kind -> name -> () -> PIL image
+    scene_questions: dict[str, list[tuple[str, int]]] = {}  # VQA scene -> its (question, answer id)
+    uploads = {}
     layers = {**EXPLORER_LAYERS, **(layers or {})}
     options = {**EXPLORER_OPTIONS, **(options or {})}
     loaded = {}
 
-    image = W.Dropdown(options=list(images), description="image")
+    image = W.Dropdown(options=list(images["image"]), description="image")
     upload = W.FileUpload(accept="image/*", multiple=False, description="upload image", icon="")
     model = W.Dropdown(options=list(models), description="model")
     layer = W.Combobox(description="layer", ensure_option=False, continuous_update=False,
                        placeholder="a module path, e.g. _blocks.15")
     method = W.Dropdown(options=list(METHODS), value="liftcam", description="method")
+    question = W.Text(description="question", continuous_update=False, placeholder="e.g. what color is the star?",
+                      layout=W.Layout(width="380px"))
+    examples = W.Dropdown(options=[], value=None, description="examples", layout=W.Layout(width="380px"))
+    answer = W.Dropdown(options=[MODEL_ANSWER], description="explain")
+    question_row = W.HBox([question, examples, answer], layout=W.Layout(display="none"))
+    stepper_layer = W.Combobox(description="layer", ensure_option=False, continuous_update=False,
+                               placeholder="a module path")
+    estimator = W.Dropdown(options=list(explore.ShapleyStepper.ESTIMATORS), description="estimator")
     messages, out, stepper_box = W.Output(), W.Output(), W.VBox()
     app_is_changing = []  # non-empty while the app itself sets controls: no redraw for those changes
 
@@ -302,28 +341,77 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
             loaded[model.value] = load_model(model.value, device=device)
         return loaded[model.value]
 
-    def build_stepper(net, picture):
-        stepper, cosine = explore.shapley_stepper(net, picture, layer.value or None, seed)
-        stepper_box.children = (shapley_stepper_widget(stepper, reference_cosine=cosine),)
+    def kind_of(net) -> str:
+        return "image" if net.questions is None else "vqa"
+
+    def current_picture(net):
+        return {**images[kind_of(net)], **uploads}[image.value]()
+
+    def vqa_images():
+        """The generated VQA data's scenes, grouped from its question records (read on first use)."""
+        if "vqa" not in images:
+            chosen = load_dataset("vqa", n_images=EXPLORER_VQA_QUESTIONS) if vqa_records is None else vqa_records
+            images["vqa"] = {}
+            for record in chosen:
+                scene = record.name.rsplit("_q", 1)[0]
+                images["vqa"].setdefault(scene, record.image)
+                scene_questions.setdefault(scene, []).append((record.question, record.label))
+        return images["vqa"]
+
+    def show_examples(net):
+        """The scene's own questions with their true answers, or for an upload the data's distinct questions."""
+        own = scene_questions.get(image.value)
+        if own:
+            choices = [(f"{q} (truth: {net.categories[a]})", q) for q, a in own]
+        else:
+            every = dict.fromkeys(q for asked in scene_questions.values() for q, _ in asked)
+            choices = [(q, q) for q in every]
+        with quietly():
+            examples.options, examples.value = choices, None
+
+    def explained(net, picture, target):
+        """The explanation of the current controls: with the question and the chosen answer for a VQA model."""
+        if net.questions is None:
+            return explore.explain(net, picture, method.value, layer.value or None, **options.get(method.value, {}))
+        return explore.explain_question(net, picture, question.value, method.value, layer.value or None, target,
+                                        **options.get(method.value, {}))
+
+    def chosen_answer(net) -> int | None:
+        return None if net.questions is None or answer.index in (None, 0) else answer.index - 1
+
+    def build_stepper():
+        notice = W.Output()
+        stepper_box.children = (notice,)
+
+        def build():
+            net = current_model()
+            vqa = net.questions is not None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)  # e.g. signed maps at the stepper's layer
+                stepper, cosine = explore.shapley_stepper(
+                    net, current_picture(net), stepper_layer.value or None, seed, chosen_answer(net),
+                    question.value if vqa else None, estimator.value)
+            stepper_box.children = (shapley_stepper_widget(stepper, cosine, _caught_notes(caught)),)
+
+        _guarded(notice, build)
 
     def draw(rebuild_stepper: bool):
         if rebuild_stepper:
             stepper_box.children = ()
-        net, picture = current_model(), images[image.value]()
+        net = current_model()
+        picture = current_picture(net)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)  # e.g. SignedActivationsWarning: shown with the map
-            result = explore.explain(net, picture, method.value, layer.value or None,
-                                     **options.get(method.value, {}))
+            result = explained(net, picture, chosen_answer(net))
         curves = explore.insertion_deletion(net, picture, result, absent)
         numbers = explore.faithfulness(net, picture, result, absent, curves)
-        notes = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+        notes = _caught_notes(caught)
+        truth = [a for q, a in scene_questions.get(image.value, []) if q == result.question]
+        if net.questions is not None and truth:
+            notes.insert(0, f"true answer (the generated data): {net.categories[truth[0]]}")
         _show_explanation(out, result, image.value, numbers, curves, absent, notes)
         if rebuild_stepper:
-            notice = W.Output()
-            stepper_box.children = (notice,)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # the same warnings as above, already shown
-                _guarded(notice, lambda: build_stepper(net, picture))
+            build_stepper()
 
     def redraw(rebuild_stepper: bool):
         if not app_is_changing:
@@ -333,11 +421,35 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
         def switch():
             stepper_box.children = ()
             net = current_model()
+            vqa = net.questions is not None
+            pictures = vqa_images() if vqa else images["image"]
             with quietly():
                 layer.options = list(dict.fromkeys([net.layer, *layers.get(net.name, [])]))
                 layer.value = net.layer
+                stepper_layer.options = list(dict.fromkeys([explore.stepper_layer(net), *layer.options]))
+                stepper_layer.value = explore.stepper_layer(net)
+                if list(image.options) != [*pictures, *uploads]:
+                    image.options = [*pictures, *uploads]
+                answer.options = [MODEL_ANSWER, *net.categories] if vqa else [MODEL_ANSWER]
+            question_row.layout.display = None if vqa else "none"
+            if vqa:
+                show_examples(net)
+                if not question.value and examples.options:
+                    with quietly():
+                        question.value = examples.options[0][1]
             draw(rebuild_stepper=True)
         _guarded(out, switch)
+
+    def on_image(_change):
+        if not app_is_changing and model.value in loaded and kind_of(loaded[model.value]) == "vqa":
+            show_examples(loaded[model.value])
+        redraw(rebuild_stepper=True)
+
+    def on_example(change):
+        if change["new"] is not None:
+            question.value = change["new"]  # redraws, unless it is the question already asked
+            with quietly():
+                examples.value = None
 
     def on_upload(change):
         if not change["new"]:
@@ -347,31 +459,40 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
 
         def accept():
             picture, notes = read_uploaded_image(uploaded["content"], name)
-            label = _unused_label(f"upload: {name}", images)
-            images[label] = lambda: picture
+            label = _unused_label(f"upload: {name}", [*image.options, *uploads])
+            uploads[label] = lambda: picture
             _show(messages, text=f"{label}: {picture.width} x {picture.height} pixels"
                                  + "".join(f"\n  {note}" for note in notes))
             with quietly():
-                image.options = list(images)
+                image.options = [*image.options, label]
             image.value = label
 
         _guarded(messages, accept)
         upload.value = ()
 
-    image.observe(lambda _change: redraw(rebuild_stepper=True), names="value")
-    layer.observe(lambda _change: redraw(rebuild_stepper=True), names="value")
+    image.observe(on_image, names="value")
+    layer.observe(lambda _change: redraw(rebuild_stepper=False), names="value")
     method.observe(lambda _change: redraw(rebuild_stepper=False), names="value")
+    question.observe(lambda _change: redraw(rebuild_stepper=True), names="value")
+    answer.observe(lambda _change: redraw(rebuild_stepper=True), names="value")
+    examples.observe(on_example, names="value")
+    for control in (stepper_layer, estimator):
+        control.observe(lambda _change: None if app_is_changing else build_stepper(), names="value")
     model.observe(on_model, names="value")
     upload.observe(on_upload, names="value")
     on_model()
-    stepper_title = W.HTML("<b>SHAP-CAM, one ordering at a time</b> (Algorithm 1; the same image, model and layer)")
-    widget = W.VBox([W.HBox([image, upload]), W.HBox([model, layer, method]), messages, out, stepper_title,
-                     stepper_box])
-    controls = {"image": image, "upload": upload, "model": model, "layer": layer, "method": method}
+    stepper_title = W.HTML("<b>SHAP-CAM, one ordering at a time</b> (Algorithm 1; the same image, model, question "
+                           "and class, at a layer of its own: by default the model's non-linear cut)")
+    widget = W.VBox([W.HBox([image, upload]), W.HBox([model, layer, method]), question_row, messages, out,
+                     stepper_title, W.HBox([stepper_layer, estimator]), stepper_box])
+    controls = {"image": image, "upload": upload, "model": model, "layer": layer, "method": method,
+                "question": question, "examples": examples, "answer": answer, "stepper-layer": stepper_layer,
+                "estimator": estimator}
     widget.controls, widget.out = _tagged(controls, out), out
-    widget.messages, widget.stepper_box = messages, stepper_box
+    widget.messages, widget.stepper_box, widget.question_row = messages, stepper_box, question_row
     messages.add_class("liftcam-messages")
     stepper_box.add_class("liftcam-stepper")
+    question_row.add_class("liftcam-question-row")
     return widget
 
 

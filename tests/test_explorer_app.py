@@ -1,6 +1,6 @@
 """The course explorer without a browser: its numbers against the metrics computed directly, uploads and bad
-input answered in the app, and the SHAP-CAM stepper it builds (liftcam_utils.widgets.explorer_app and the
-explore functions behind it)."""
+input answered in the app, the VQA model with a question, and the SHAP-CAM stepper it builds at its own layer
+(liftcam_utils.widgets.explorer_app and the explore functions behind it)."""
 
 import datetime
 import io
@@ -13,6 +13,8 @@ from PIL import Image
 import liftcam_utils as lu
 from liftcam_utils import explore, widgets
 from liftcam_utils.datasets.synthetic_scenes import make_scenes
+from liftcam_utils.datasets.synthetic_vqa import make_vqa
+from liftcam_utils.head_ops import is_affine_head
 from liftcam_utils.metrics import DELTAS, baseline_image
 
 NONLINEAR = "_blocks.15._swish@0"
@@ -33,10 +35,34 @@ def scenes():
     return make_scenes(2, seed=3).records
 
 
+@pytest.fixture(scope="module")
+def vqa():
+    return lu.load_model("shapes_vqa", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def questions():
+    """The questions of two generated VQA scenes (about five each)."""
+    return make_vqa(2, seed=7).records
+
+
 @pytest.fixture
 def app(scenes):
     return widgets.explorer_app(records=scenes, models=("shapes_vgg", "efficientnet_lite0", "no_such_model"),
                                 device="cpu")
+
+
+def map_png(out) -> str:
+    """The PNG (base64) an Output shows: the map over the image and its panels."""
+    (figure,) = [o["data"]["image/png"] for o in out.outputs if o["output_type"] == "display_data"]
+    return figure
+
+
+def answer_probabilities(vqa, image, question: str) -> torch.Tensor:
+    """The model's softmax over the answers for (image, question), from the two-input network itself."""
+    vocabulary, length = vqa.questions
+    with torch.no_grad():
+        return vqa.net(vqa.preprocess(image)[None], vocabulary.encode(question, length)[None]).softmax(1)[0]
 
 
 def upload(app, name: str, content: bytes) -> None:
@@ -142,10 +168,11 @@ def test_app_uploads(app, scenes):
 
 
 def test_app_bad_layer_and_model(app, scenes):
+    stepper = app.stepper_box.children
     app.controls["layer"].value = "no_such_layer"
     text = widgets.output_text(app.out)
     assert text.startswith(widgets.ERROR_PREFIX + "ValueError: unknown layer 'no_such_layer'")
-    assert "Valid layers" in text and app.stepper_box.children == ()
+    assert "Valid layers" in text and app.stepper_box.children == stepper  # the stepper has a layer of its own
     app.controls["method"].value = "gradcam"  # LIFT-CAM refuses features.7: a max-pool whose reference varies
     app.controls["layer"].value = "features.7"  # the app keeps running
     assert widgets.output_text(app.out).startswith(f"{scenes[0].name} at features.7, target ")
@@ -163,3 +190,152 @@ def test_app_bad_layer_and_model(app, scenes):
         widgets.ERROR_PREFIX)
     app.controls["model"].value = "no_such_model"
     assert "unknown model 'no_such_model'" in widgets.output_text(app.out) and app.stepper_box.children == ()
+
+
+def test_explain_question_against_the_two_input_model(vqa, questions):
+    record = questions[0]
+    image = record.image()
+    result = explore.explain_question(vqa, image, record.question, "liftcam")
+    probabilities = answer_probabilities(vqa, image, record.question)
+    assert result.question == record.question and result.target == int(probabilities.argmax())
+    assert [i for i, _, _ in result.top] == probabilities.topk(3).indices.tolist()
+    np.testing.assert_allclose([p for _, _, p in result.top], probabilities.topk(3).values.numpy(), rtol=1e-5)
+    fixed = vqa.fixed(record.question)
+    x = vqa.preprocess(image)[None]
+    np.testing.assert_allclose(result.saliency, lu.saliency("liftcam", fixed.split(), x)[0].numpy(), atol=1e-6)
+    other = next(r.question for r in questions if r.question != record.question)
+    assert np.abs(explore.explain_question(vqa, image, other, "liftcam").saliency - result.saliency).max() > 0.05
+    # the metrics fix the explanation's question themselves: the same numbers as with the fixed model
+    numbers = explore.faithfulness(vqa, image, result)
+    assert numbers == explore.faithfulness(fixed, image, result)
+    assert numbers["Y"] == pytest.approx(float(probabilities.max()), rel=1e-5)
+    chosen = explore.explain_question(vqa, image, record.question, "gradcam", target=3)
+    assert chosen.target == 3 and chosen.target_name == vqa.categories[3]
+    assert explore.faithfulness(vqa, image, chosen)["Y"] == pytest.approx(float(probabilities[3]), rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize(("question", "message"), [
+    ("", "the question is empty: type a question of 1 to 10 words"),
+    ("  ?! ", "has words 'shapes_vqa' does not know: '?!'"),
+    ("what colour is the star?", "has words 'shapes_vqa' does not know: 'colour'; its vocabulary: ?, a, are, blue"),
+    ("is there a <unk>?", "does not know: '<', 'unk', '>?'"),  # the unknown-word id is no word
+    ("is there a red star" + " a blue star" * 2 + "?",
+     "has 12 words and punctuation marks; 'shapes_vqa' reads at most 10"),
+])
+def test_questions_the_model_cannot_encode(vqa, questions, question, message):
+    with pytest.raises(ValueError) as error:
+        explore.explain_question(vqa, questions[0].image(), question, "liftcam")
+    assert message in str(error.value)
+
+
+def test_question_for_an_image_model(shapes, scenes, vqa, questions):
+    with pytest.raises(ValueError, match="model 'shapes_vgg' takes no question"):
+        explore.explain_question(shapes, scenes[0].image(), "what color is the star?", "liftcam")
+    with pytest.raises(ValueError, match="answers a question about the image: explain it with explain_question"):
+        explore.explain(vqa, questions[0].image(), "liftcam")
+
+
+def test_app_asks_the_vqa_model(vqa, questions, scenes):
+    app = widgets.explorer_app(records=scenes, models=("shapes_vqa", "shapes_vgg"), device="cpu",
+                               vqa_records=questions)
+    controls = app.controls
+    scene = questions[0].name.rsplit("_q", 1)[0]
+    own = [r for r in questions if r.name.startswith(scene + "_q")]
+    assert app.question_row.layout.display is None and controls["image"].value == scene
+    assert [value for _, value in controls["examples"].options] == [r.question for r in own]
+    assert controls["question"].value == own[0].question
+    text = widgets.output_text(app.out)
+    probabilities = answer_probabilities(vqa, own[0].image(), own[0].question)
+    answer = vqa.categories[int(probabilities.argmax())]
+    assert text.startswith(f"{scene} at {vqa.layer}, target {answer}")
+    assert f"question: {own[0].question!r} -> the model answers {answer} ({float(probabilities.max()):.3f})" in text
+    assert f"true answer (the generated data): {vqa.categories[own[0].label]}" in text and "insertion AUC" in text
+    assert "at img_encoder.model.features.20, 128 maps, non-linear head" in widgets.output_text(
+        app.stepper_box.children[0].out)
+
+    before = map_png(app.out)
+    controls["examples"].value = own[-1].question  # an example fills the question box
+    assert controls["question"].value == own[-1].question and controls["examples"].value is None
+    assert map_png(app.out) != before and f"question: {own[-1].question!r}" in widgets.output_text(app.out)
+    result = explore.explain_question(vqa, own[-1].image(), own[-1].question, "liftcam")
+    assert f"\n> {result.top[0][1]:<24} {result.top[0][2]:.3f}" in widgets.output_text(app.out)
+
+    controls["question"].value = "what colour is the star?"
+    text = widgets.output_text(app.out)
+    assert text.startswith(widgets.ERROR_PREFIX + "ValueError: the question 'what colour is the star?' has words "
+                                                  "'shapes_vqa' does not know: 'colour'; its vocabulary: ?, a, are")
+    assert app.stepper_box.children == ()
+    controls["question"].value = ""
+    assert "the question is empty" in widgets.output_text(app.out)
+    controls["question"].value = "how many objects are there?"  # the app keeps running
+    assert "Error" not in widgets.output_text(app.out) and len(app.stepper_box.children) == 1
+    controls["answer"].value = "3"  # explain a chosen answer
+    assert widgets.output_text(app.out).startswith(f"{scene} at {vqa.layer}, target 3")
+    assert app.stepper_box.children[0].out.outputs  # the stepper follows, for the same answer
+    other = questions[-1].name.rsplit("_q", 1)[0]
+    controls["image"].value = other  # the question stays; the examples are the new scene's own questions
+    assert [value for _, value in controls["examples"].options] == [
+        r.question for r in questions if r.name.startswith(other + "_q")]
+    assert widgets.output_text(app.out).startswith(f"{other} at {vqa.layer}, target 3")
+
+    controls["model"].value = "shapes_vgg"
+    assert app.question_row.layout.display == "none"
+    assert list(controls["image"].options) == [r.name for r in scenes]
+    assert widgets.output_text(app.out).startswith(f"{scenes[0].name} at features.14") and "question" not in \
+        widgets.output_text(app.out)
+    controls["model"].value = "shapes_vqa"
+    assert app.question_row.layout.display is None and controls["question"].value == "how many objects are there?"
+
+
+def test_stepper_defaults_to_the_non_linear_cut(lite0, scenes):
+    app = widgets.explorer_app(records=scenes[:1], models=("efficientnet_lite0",), device="cpu")
+    assert app.controls["layer"].value == "_swish@1" and app.controls["stepper-layer"].value == NONLINEAR
+    (stepper,) = app.stepper_box.children
+    assert widgets.output_text(stepper.out).startswith(
+        f"SHAP-CAM (plain) at {NONLINEAR}, 1152 maps, non-linear head: orderings differ")
+    stepper.controls["one"].click()
+    stepper.controls["one"].click()
+    assert "orderings: 2 " in widgets.output_text(stepper.out)
+    app.controls["stepper-layer"].value = "_swish@1"
+    (stepper,) = app.stepper_box.children
+    assert widgets.output_text(stepper.out).startswith(
+        "SHAP-CAM (plain) at _swish@1, 1280 maps, affine head: every ordering gives the same, exact")
+    app.controls["estimator"].value = "antithetic"
+    assert widgets.output_text(app.stepper_box.children[0].out).startswith("SHAP-CAM (antithetic) at _swish@1")
+    app.controls["stepper-layer"].value = "no_such_layer"
+    assert "unknown layer 'no_such_layer'" in widgets.output_text(app.stepper_box.children[0])
+    assert "Error" not in widgets.output_text(app.out)  # the map above is untouched
+
+
+def test_the_non_linear_cuts_are_where_orderings_differ(lite0, shapes, vqa, photo, scenes, questions):
+    """Why the stepper's table holds: at Lite0's default cut every ordering gives the same marginals (an affine
+    head), at its non-linear cut two orderings give different ones; the VGG-style and VQA defaults are non-linear."""
+    x = lite0.preprocess(photo)[None]
+    marginals = {}
+    for layer in ("_swish@1", explore.stepper_layer(lite0)):
+        stepper = explore.ShapleyStepper(lite0.split(layer), x, seed=1)
+        first = stepper.step(1).copy()
+        stepper.step(1)
+        marginals[layer] = (first, stepper.last_marginals)
+    np.testing.assert_allclose(*marginals["_swish@1"], rtol=1e-4, atol=1e-5)
+    first, second = marginals[NONLINEAR]
+    assert np.abs(first - second).max() > 10 * np.abs(first).mean()
+    assert is_affine_head(lite0.split().head) and not is_affine_head(lite0.split(NONLINEAR).head)
+    fixed = vqa.fixed(questions[0].question)
+    for model in (shapes, fixed):
+        assert explore.stepper_layer(model) == model.layer and not is_affine_head(model.split().head)
+
+
+def test_antithetic_stepper_is_shapcams(shapes, scenes):
+    split = shapes.split()
+    x = shapes.preprocess(scenes[0].image())[None]
+    stepper = explore.ShapleyStepper(split, x, seed=4, estimator="antithetic")
+    stepper.step(1)
+    first = stepper.last_ordering.copy()
+    stepper.step(1)
+    np.testing.assert_array_equal(stepper.last_ordering, first[::-1])  # each ordering, then its reverse
+    stepper.step(1)
+    expected = lu.coefficients("shapcam", split, x, n_permutations=3, seed=4, estimator="antithetic")[0]
+    np.testing.assert_allclose(stepper.alpha, expected.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown estimator 'stratified' for the stepper; valid: plain, antithetic"):
+        explore.ShapleyStepper(split, x, estimator="stratified")
