@@ -1,4 +1,5 @@
-"""End to end, in headless Chromium: the explorer served by Voila and notebook 00's explorer in JupyterLab.
+"""End to end, in headless Chromium: the explorer served by Voila (with an image model and with the VQA model and a
+typed question) and notebook 00's explorer in JupyterLab.
 
 Each test changes a control as a reader would and asserts that the rendered map (a PNG in the page) changed
 pixel for pixel, that bad input is answered by a message in the page, that the browser console shows no error,
@@ -167,6 +168,8 @@ def test_explorer_in_voila(browser, explorer):
         stepper.get_by_role("button", name="next ordering").click()
         page.wait_for_function("() => document.querySelector('.liftcam-stepper').innerText.includes('orderings: 1 ')",
                                timeout=WAIT_MS)
+        assert page.locator(".liftcam-stepper-layer input").input_value() == "_blocks.15._swish@0"
+        assert "at _blocks.15._swish@0, 1152 maps, non-linear head" in stepper.inner_text()
         stepper.locator("img").first.wait_for(timeout=WAIT_MS)
         watched.screenshot("explorer_shapcam_step.png")
 
@@ -193,6 +196,49 @@ def test_explorer_in_voila(browser, explorer):
         layer.press("Enter")
         page.locator(MAP).first.wait_for(timeout=WAIT_MS)
         assert "upload: gray.png at _blocks.15._swish@0" in text.inner_text()
+    assert watched.problems == []
+
+
+def test_explorer_asks_the_vqa_model_in_voila(browser, explorer):
+    """The VQA model shows a question box; a typed question redraws the map, a question with a word the model does
+    not know gets its message, an example question fills the box, and an image-only model hides the box again."""
+    watched = Watched(browser, height=1750)
+    page = watched.page
+    with watched.screenshot_on_failure("explorer_vqa.png"):
+        page.goto(explorer.url("/"), wait_until="commit", timeout=WAIT_MS)
+        page.locator(MAP).first.wait_for(timeout=WAIT_MS)
+        row, text = page.locator(".liftcam-question-row"), page.locator(".liftcam-explanation")
+        assert row.is_hidden(), "an image-only model shows no question box"
+        change_and_wait_for_new_map(page, lambda: page.locator(".liftcam-model select").select_option("shapes_vqa"))
+        row.wait_for(state="visible", timeout=WAIT_MS)
+        box = page.locator(".liftcam-question input")
+        assert f"question: {box.input_value()!r} -> the model answers " in text.inner_text()
+
+        def ask(question: str):
+            box.fill(question)
+            box.press("Enter")
+
+        before, after = change_and_wait_for_new_map(page, lambda: ask("how many objects are there?"))
+        assert_changed(before, after)
+        assert "question: 'how many objects are there?' -> the model answers " in text.inner_text()
+        watched.screenshot("explorer_vqa.png")
+
+        ask("what colour is the star?")
+        text.get_by_text("does not know: 'colour'").wait_for(timeout=WAIT_MS)
+        assert "its vocabulary: ?, a, are, blue" in text.inner_text() and page.locator(MAP).count() == 0
+        watched.screenshot("explorer_vqa_bad_question.png")
+
+        example = page.locator(".liftcam-examples select option").nth(1).inner_text()
+        page.locator(".liftcam-examples select").select_option(index=1)  # the app keeps running
+        page.locator(MAP).first.wait_for(timeout=WAIT_MS)
+        asked = example.rsplit(" (truth: ", 1)[0]
+        page.wait_for_function("([selector, value]) => document.querySelector(selector).value === value",
+                               arg=[".liftcam-question input", asked], timeout=WAIT_MS)
+        assert f"question: {asked!r}" in text.inner_text()
+
+        page.locator(".liftcam-model select").select_option("efficientnet_lite0")
+        row.wait_for(state="hidden", timeout=WAIT_MS)
+        page.locator(MAP).first.wait_for(timeout=WAIT_MS)
     assert watched.problems == []
 
 
