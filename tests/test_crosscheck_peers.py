@@ -42,11 +42,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept conte
 
 def _tiny_net(in_channels: int = 3, classes: int = 5) -> torch.nn.Module:
     """A seeded conv net in eval mode, its logits scaled so that its softmax is neither flat nor saturated."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(in_channels, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1, stride=2), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(128, classes))
+    with torch.random.fork_rng():  # seeded without moving the global generator of the other tests
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 8, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1, stride=2), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(128, classes))
     with torch.no_grad():
         net[-1].weight.mul_(8)
     return net.eval()
@@ -83,14 +84,11 @@ def _softmax_targets(target: torch.Tensor) -> list:
     return [ClassifierOutputSoftmaxTarget(int(c)) for c in target]
 
 
-def _max_difference(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
-
-
 # --- energy pointing game (Eq. 14) vs Quantus RelevanceMassAccuracy ---------------------------------------------
 
 
 def test_energy_pointing_game_equals_quantus_relevance_mass_accuracy():
+    """Both are the map's sum inside the box(es) over its total sum, per image."""
     size, n = 32, 4
     maps = torch.cat([_distinct_maps(n, size, seed=1), _tied_maps(n, size, seed=2),
                       _smooth(n, 1, size, seed=3)[:, 0].relu()])
@@ -104,7 +102,6 @@ def test_energy_pointing_game_equals_quantus_relevance_mass_accuracy():
             model=None, x_batch=x, y_batch=np.zeros(len(maps), dtype=int), a_batch=maps[:, None].numpy(),
             s_batch=masks[:, None].numpy(), channel_first=True)
         np.testing.assert_allclose(ours, peer, **TIGHT)
-    assert _max_difference(ours, peer) < 1e-6
     shifted = torch.roll(masks, 3, dims=2)  # not vacuous: another box, other numbers
     assert np.abs(M.energy_pointing_game(maps, shifted).numpy() - ours).max() > 0.01
 
@@ -126,8 +123,8 @@ def test_energy_pointing_game_edge_cases_against_quantus():
     assert math.isfinite(peer[0]) and math.isnan(peer[1]) and math.isnan(peer[2])
     assert ours[1] == 0 and ours[2] == 0
 
-    # one bright pixel in the box, a dim plateau outside it: the maximum is inside (PointingGame 1),
-    # but most of the energy is outside (our Eq. 14 about 0.1)
+    # one bright pixel in the box, a dim plateau everywhere else: the maximum is inside (PointingGame 1),
+    # but most of the energy is outside (Eq. 14: 7.3 / 26.5, about 0.28)
     spot = torch.full((1, size, size), 0.1)
     spot[0, 2, 2] = 1.0
     energy = M.energy_pointing_game(spot, box[None]).item()
