@@ -99,6 +99,7 @@ def explain(model, image, method: str, layer: str | None = None, target: int | N
 
 
 def _vocabulary_listing(words, shown: int = 60) -> str:
+    """The first ``shown`` words a question may use (not ``<pad>`` or ``<unk>``), comma-separated."""
     words = [w for w in words if w not in (PAD, UNKNOWN)]
     listing = ", ".join(words[:shown])
     return listing + (f" ... and {len(words) - shown} more" if len(words) > shown else "")

@@ -429,7 +429,10 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
                 stepper_layer.options = list(dict.fromkeys([explore.stepper_layer(net), *layer.options]))
                 stepper_layer.value = explore.stepper_layer(net)
                 if list(image.options) != [*pictures, *uploads]:
+                    shown = image.value
                     image.options = [*pictures, *uploads]
+                    if shown in uploads:  # an upload stays on screen with the other kind of model
+                        image.value = shown
                 answer.options = [MODEL_ANSWER, *net.categories] if vqa else [MODEL_ANSWER]
             question_row.layout.display = None if vqa else "none"
             if vqa:

@@ -277,12 +277,17 @@ def test_app_asks_the_vqa_model(vqa, questions, scenes):
     assert [value for _, value in controls["examples"].options] == [
         r.question for r in questions if r.name.startswith(other + "_q")]
     assert widgets.output_text(app.out).startswith(f"{other} at {vqa.layer}, target 3")
+    upload(app, "red.png", png(Image.new("RGB", (90, 70), (200, 30, 30))))  # an upload: the data's questions
+    assert [value for _, value in controls["examples"].options] == list(dict.fromkeys(r.question for r in questions))
+    text = widgets.output_text(app.out)
+    assert text.startswith("upload: red.png at ") and "question: 'how many objects are there?'" in text
+    assert "true answer" not in text
 
     controls["model"].value = "shapes_vgg"
     assert app.question_row.layout.display == "none"
-    assert list(controls["image"].options) == [r.name for r in scenes]
-    assert widgets.output_text(app.out).startswith(f"{scenes[0].name} at features.14") and "question" not in \
-        widgets.output_text(app.out)
+    assert list(controls["image"].options) == [*(r.name for r in scenes), "upload: red.png"]  # uploads stay
+    text = widgets.output_text(app.out)
+    assert text.startswith("upload: red.png at features.14") and "question" not in text
     controls["model"].value = "shapes_vqa"
     assert app.question_row.layout.display is None and controls["question"].value == "how many objects are there?"
 
