@@ -36,6 +36,7 @@ QUICK_PARAMETERS = {
     "04_faithfulness": {"n_images": 3, "scenes_n_images": 12},
     "05_localization": {"n_images": 24, "n_grids": 4},
     "06_vqa": {"n_images": 60},
+    "07_sanity_checks": {"n_images": 1, "max_depth": 9},
 }
 
 
