@@ -40,20 +40,20 @@ else
 	  "as root, run 'apt-get update && apt-get install -y chromium' (Debian/Ubuntu), or put a Chromium at $(CHROMIUM)"
 endif
 
-# nbval runs copies of the notebooks at small parameters (liftcam_utils.workbook.QUICK_PARAMETERS): their checked
+# nbval runs copies of the notebooks at small parameters (liftcam_utils.app.workbook.QUICK_PARAMETERS): their checked
 # cells state invariants that hold at any size. `pytest` alone re-executes the committed notebooks at full size.
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check liftcam_utils tests benchmarks
 	rm -rf build/nbval
-	$(BIN)/python -m liftcam_utils.workbook --quick-copies build/nbval
+	$(BIN)/python -m liftcam_utils.app.workbook --quick-copies build/nbval
 	LIFTCAM_REQUIRE_BROWSER=$(LIFTCAM_REQUIRE_BROWSER) $(BIN)/python -m pytest tests build/nbval
 
 workbook: $(STAMP)
-	$(BIN)/python -m liftcam_utils.workbook notebooks results
+	$(BIN)/python -m liftcam_utils.app.workbook notebooks results
 
 # maintainers: re-execute the committed notebooks in place after library changes
 notebooks: $(STAMP)
-	$(BIN)/python -m liftcam_utils.workbook --in-place
+	$(BIN)/python -m liftcam_utils.app.workbook --in-place
 
 # a random token guards the app; only this machine can reach it (127.0.0.1). apps/jupyter holds its Voila template
 # and, in config/voila.py, its settings: a websocket message limit that lets a 20-megapixel upload through

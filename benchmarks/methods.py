@@ -17,6 +17,7 @@ import time
 import torch
 
 import liftcam_utils as lu
+from liftcam_utils.engine.head_ops import is_affine_head
 
 SLOW = {"scorecam"}  # N full forward passes: timed once
 
@@ -54,7 +55,7 @@ def main() -> None:
         forward()
     rows = []
     for method in args.methods:
-        if method == "exact_shap" and not lu.head_ops.is_affine_head(split.head):
+        if method == "exact_shap" and not is_affine_head(split.head):
             continue  # exhaustive over 2^N coalitions: not defined at this size
         lu.coefficients(method, split, x)  # warm-up
         repeats = 1 if method in SLOW else args.repeats

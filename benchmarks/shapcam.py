@@ -12,7 +12,7 @@ by a coalition, ``batch_size`` coalitions at a time:
 * prefix-sharing: each prefix of an ordering evaluated once, the empty and full coalitions once
   for all orderings: N - 1 head evaluations per ordering.
 
-Ours (``ChannelGame``) factors the head (``liftcam_utils.head_factoring``), sums channel
+Ours (``ChannelGame``) factors the head (``liftcam_utils.engine.head_factoring``), sums channel
 contributions along the orderings and runs only the rest of the head per prefix. Its rate is over
 the orderings alone; its one-off cost per image (contributions, ``F^c(0)``, ``F^c(A)``) is a column
 of its own and enters the SHAP-CAM_10k estimate. On a machine shared with other jobs, ``--threads 1``
@@ -30,8 +30,8 @@ import time
 import torch
 
 import liftcam_utils as lu
-from liftcam_utils.cam import prepare
-from liftcam_utils.channel_game import ChannelGame
+from liftcam_utils.engine.cam_input import prepare
+from liftcam_utils.engine.channel_game import ChannelGame
 from liftcam_utils.methods.shapley import random_orderings
 
 CASES = [

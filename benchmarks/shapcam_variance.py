@@ -29,10 +29,10 @@ import time
 import torch
 
 import liftcam_utils as lu
-from liftcam_utils import metrics
-from liftcam_utils.cam import prepare
-from liftcam_utils.channel_game import ChannelGame
 from liftcam_utils.datasets import load_dataset
+from liftcam_utils.engine.cam_input import prepare
+from liftcam_utils.engine.channel_game import ChannelGame
+from liftcam_utils.evaluation import metrics
 from liftcam_utils.methods import shapley
 
 TARGET = 0.999

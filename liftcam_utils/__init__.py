@@ -8,17 +8,29 @@ HiResCAM and Layer-CAM, for per-pixel weights ``W`` of ``L = ReLU(sum_k W_k o A_
 >>> split = model.split()                      # body(x) -> A, head(A) -> logits
 >>> alpha = coefficients("liftcam", split, x)  # (B, N)
 >>> maps = saliency("liftcam", split, x)       # (B, H, W) in [0, 1]
+
+The package is layered; each sub-package imports only those below it (docs/architecture.md):
+
+* :mod:`.app`: the explorer's logic and widgets, upload checks, the headless workbook runner;
+* :mod:`.evaluation`: metrics, batch evaluation and its cache, verdicts, sanity checks, the report;
+* :mod:`.methods`: the registry of methods and the pipeline that runs one by name;
+* :mod:`.models`: models by name, our trained models and their training, fixed inputs;
+* :mod:`.datasets`: records, embedded photos, generated scenes and questions, readers of the paper's data;
+* :mod:`.engine`: body/head split, :class:`CamInput`, the map, the DeepLIFT/LRP rule table, the channel game;
+* :mod:`.files`: atomic writes.
 """
 
-from .cam import SignedActivationsWarning, cam_map, coefficients, map_weights, saliency
-from .head_ops import UnsupportedHeadOpError
-from .methods import METHODS
+from .engine.cam_input import CamInput, SignedActivationsWarning
+from .engine.cam_map import cam_map
+from .engine.head_ops import UnsupportedHeadOpError
+from .engine.split import CamSplit, eval_mode, split_model
+from .methods import METHODS, coefficients, map_weights, saliency
 from .models import MODEL_NAMES, LoadedModel, load_model
-from .split import CamSplit, eval_mode, split_model
 
 __all__ = [
     "METHODS",
     "MODEL_NAMES",
+    "CamInput",
     "CamSplit",
     "LoadedModel",
     "SignedActivationsWarning",

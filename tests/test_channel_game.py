@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import liftcam_utils as lu
-from liftcam_utils.cam import CamInput, prepare
-from liftcam_utils.channel_game import ChannelGame
-from liftcam_utils.head_factoring import factor_head
+from liftcam_utils.engine.cam_input import CamInput, prepare
+from liftcam_utils.engine.channel_game import ChannelGame
+from liftcam_utils.engine.head_factoring import factor_head
 from liftcam_utils.methods.shapley import exact_shap, random_orderings, shapcam
 
 

@@ -29,9 +29,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, 
 from quantus.functions.perturb_func import noisy_linear_imputation as quantus_imputation
 from torchvision import transforms
 
-from liftcam_utils import metrics as M
 from liftcam_utils.datasets import Box
-from liftcam_utils.models import _imagenet_preprocess
+from liftcam_utils.evaluation import metrics as M
+from liftcam_utils.models.registry import _imagenet_preprocess
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PREPROCESS = _imagenet_preprocess(MEAN, STD)

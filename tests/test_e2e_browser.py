@@ -30,8 +30,8 @@ from jupyter_server.services.kernels.connection.base import serialize_binary_mes
 from PIL import Image
 from tornado.websocket import websocket_connect
 
+from liftcam_utils.app.uploads import MAX_PIXELS
 from liftcam_utils.files import write_atomically
-from liftcam_utils.uploads import MAX_PIXELS
 
 pytestmark = pytest.mark.e2e
 SCREENSHOTS = REPO / "results" / "screenshots"

@@ -16,11 +16,11 @@ from torch import nn
 from torchvision import transforms
 
 import liftcam_utils as lu
-from liftcam_utils import evaluation as E
-from liftcam_utils import metrics as M
 from liftcam_utils.datasets import Box, ImageRecord
 from liftcam_utils.datasets.embedded import foolbox_imagenet
 from liftcam_utils.datasets.synthetic_vqa import make_vqa
+from liftcam_utils.evaluation import batch as E
+from liftcam_utils.evaluation import metrics as M
 from liftcam_utils.files import write_atomically
 
 

@@ -1,14 +1,14 @@
-"""The widgets' step logic (liftcam_utils.explore), by numbers, and the widgets driven without a browser."""
+"""The widgets' step logic (liftcam_utils.app.explore), by numbers, and the widgets driven without a browser."""
 
 import numpy as np
 import pytest
 import torch
 
 import liftcam_utils as lu
-from liftcam_utils import explore, widgets
+from liftcam_utils.app import explore, widgets
 from liftcam_utils.datasets.synthetic_scenes import make_scenes
+from liftcam_utils.evaluation.metrics import DELTAS, cosine_similarity
 from liftcam_utils.methods.shapley import random_orderings
-from liftcam_utils.metrics import DELTAS
 
 NONLINEAR = "_blocks.15._swish@0"
 
@@ -80,7 +80,7 @@ def test_stepper_history_against_a_reference(shapes, scenes):
     assert stepper.error_history[-1] == pytest.approx(0.0, abs=1e-4)
     first = stepper.history[0]
     alpha_1 = lu.coefficients("shapcam", split, x, n_permutations=1, seed=5)[0].double()
-    assert first == pytest.approx(float(lu.metrics.cosine_similarity(alpha_1, reference.double())), abs=1e-5)
+    assert first == pytest.approx(float(cosine_similarity(alpha_1, reference.double())), abs=1e-5)
     with pytest.raises(ValueError, match="positive integer"):
         stepper.step(0)
     with pytest.raises(ValueError, match="reference"):

@@ -1,6 +1,6 @@
 """The course explorer without a browser: its numbers against the metrics computed directly, uploads and bad
 input answered in the app, the VQA model with a question, and the SHAP-CAM stepper it builds at its own layer
-(liftcam_utils.widgets.explorer_app and the explore functions behind it)."""
+(liftcam_utils.app.widgets.explorer_app and the explore functions behind it)."""
 
 import datetime
 import io
@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import liftcam_utils as lu
-from liftcam_utils import explore, widgets
+from liftcam_utils.app import explore, widgets
 from liftcam_utils.datasets.synthetic_scenes import make_scenes
 from liftcam_utils.datasets.synthetic_vqa import make_vqa
-from liftcam_utils.head_ops import is_affine_head
-from liftcam_utils.metrics import DELTAS, baseline_image
+from liftcam_utils.engine.head_ops import is_affine_head
+from liftcam_utils.evaluation.metrics import DELTAS, baseline_image
 
 NONLINEAR = "_blocks.15._swish@0"
 

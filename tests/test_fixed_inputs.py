@@ -1,5 +1,5 @@
 """Extra network inputs held fixed (a VQA question), and the attribution rules their heads need:
-products of two A-dependent tensors and L2 norms (liftcam_utils.propagation)."""
+products of two A-dependent tensors and L2 norms (liftcam_utils.engine.propagation)."""
 
 import pytest
 import torch
@@ -7,8 +7,8 @@ from conftest import head_values
 from torch import nn
 
 import liftcam_utils as lu
-from liftcam_utils.fixed_inputs import fix_inputs
-from liftcam_utils.vqa_model import question_vocabulary, shapes_vqa_net
+from liftcam_utils.models.fixed_inputs import fix_inputs
+from liftcam_utils.models.vqa_model import question_vocabulary, shapes_vqa_net
 
 LAYER = "img_encoder.model.features.20"
 

@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, load_dataset, read_image_folder
+from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, load_dataset, read_image_folder, select
 from liftcam_utils.datasets.embedded import skimage_photos
 from liftcam_utils.datasets.folder import IMAGENET_CATEGORIES, imagenet_class_index
-from liftcam_utils.evaluation import select
 
 # tench and goldfish at their real indices 0 and 1, padded with made-up ids to 1000 in sorted order
 TENCH, GOLDFISH = "n01440764", "n01443537"
@@ -115,8 +114,17 @@ def test_flat_folder_is_labelled_by_the_models_prediction(tmp_path, lite0):
     assert [r.labels for r in records] == [(c,) for c in expected]
     assert records[0].label in chelsea.labels  # the cat photo: tabby, tiger cat or Egyptian cat
     assert all(r.boxes == () for r in records)
-    by_name = load_dataset("folder", data_dir=tmp_path, n_images=2, seed=1, model="efficientnet_lite0")
-    assert by_name == select(records, 2, 1)
+    assert load_dataset("folder", data_dir=tmp_path, n_images=2, seed=1, model=lite0) == select(records, 2, 1)
+
+
+def test_a_model_name_is_refused_with_the_call_that_loads_it(tmp_path):
+    """Datasets sit below models (docs/architecture.md): they label with a loaded model and never load one."""
+    write_image(tmp_path / "a.png")
+    for dataset, data_dir in (("folder", tmp_path), ("photos", None)):
+        with pytest.raises(TypeError, match=r"the name 'efficientnet_lite0': pass load_model\('efficientnet_lite0'\)"):
+            load_dataset(dataset, data_dir=data_dir, model="efficientnet_lite0")
+    with pytest.raises(TypeError, match="pass load_model"):
+        read_image_folder(tmp_path, model="efficientnet_lite0")
 
 
 def test_flat_folder_needs_a_model_that_takes_no_question(tmp_path, lite0):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import liftcam_utils as lu
-from liftcam_utils.cam import CamInput
+from liftcam_utils.engine.cam_input import CamInput
 from liftcam_utils.methods.eigen import eigencam
 from liftcam_utils.methods.gradient import (
     gradcam,

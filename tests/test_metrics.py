@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from liftcam_utils import metrics as M
 from liftcam_utils.datasets import Box
-from liftcam_utils.models import _imagenet_preprocess
+from liftcam_utils.evaluation import metrics as M
+from liftcam_utils.models.registry import _imagenet_preprocess
 
 
 def _net(images):

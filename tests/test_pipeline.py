@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import liftcam_utils as lu
-from liftcam_utils.cam import cam_map
+from liftcam_utils.engine.cam_map import cam_map
+from liftcam_utils.engine.head_ops import is_affine_head
 
 FAST_OPTIONS = {"shapcam": {"n_permutations": 3}, "kernelshapcam": {"n_samples": 64},
                 "limecam": {"n_samples": 64}}
@@ -238,4 +239,4 @@ def test_lite0_model_card(lite0):
 def test_shapes_vgg_model_card():
     model = lu.load_model("shapes_vgg", device="cpu")
     assert model.layer == "features.14" and model.categories[0] == "red circle"
-    assert not lu.head_ops.is_affine_head(model.split().head)  # VGG16's non-linear head structure
+    assert not is_affine_head(model.split().head)  # VGG16's non-linear head structure

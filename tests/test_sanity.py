@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import liftcam_utils as lu
-from liftcam_utils import sanity
+from liftcam_utils.evaluation import sanity
 
 CUT = "blocks.1.1"  # the ReLU after the last conv of the body
 METHODS = ["gradcam", "liftcam", "eigencam", "hirescam", "random"]

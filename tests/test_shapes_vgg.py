@@ -7,7 +7,10 @@ from conftest import head_values
 
 import liftcam_utils as lu
 from liftcam_utils.datasets.synthetic_scenes import SCENE_CLASSES, generate_scene
-from liftcam_utils.shapes_vgg import (
+from liftcam_utils.engine.head_ops import is_affine_head
+from liftcam_utils.models import shapes_vgg
+from liftcam_utils.models.checkpoints import load_state_dict_file
+from liftcam_utils.models.shapes_vgg import (
     DEFAULT_WEIGHTS,
     SHAPES_VGG_LAYER,
     VAL_SEED_OFFSET,
@@ -20,7 +23,7 @@ from liftcam_utils.shapes_vgg import (
     shapes_preprocess,
     train_shapes_vgg,
 )
-from liftcam_utils.training import normalise_uint8
+from liftcam_utils.models.training import normalise_uint8
 
 SMALL = {"n_train": 600, "n_val": 200, "epochs": 2, "seed": 1, "image_size": 48}
 FRESH_SEED = 424_242  # neither a training (0) nor a validation (10_000) seed of the committed weights
@@ -56,7 +59,7 @@ def test_reduced_training_learns(small_run):
     # the checkpoint was written atomically (no temporary file left) and loads back
     assert [p.name for p in out.parent.iterdir()] == [out.name]
     again = ShapesVGG(len(SCENE_CLASSES), image_size=SMALL["image_size"])
-    lu.models.load_state_dict_file(again, out)
+    load_state_dict_file(again, out)
     for key, value in net.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0)
 
@@ -87,7 +90,7 @@ def test_splits_at_the_default_layer_with_a_non_linear_head():
         maps = split.body(x)
         assert maps.shape == (3, 128, 12, 12) and (maps >= 0).all()
         torch.testing.assert_close(split.head(maps), net(x), rtol=0, atol=0)
-    assert not lu.head_ops.is_affine_head(split.head)
+    assert not is_affine_head(split.head)
 
 
 def test_liftcam_local_accuracy_on_the_trained_head(small_run):
@@ -111,5 +114,5 @@ def test_committed_weights_on_fresh_scenes():
     # preprocess + net agrees with the batched evaluation path
     with torch.no_grad():
         logits = net(_scene_batch(FRESH_SEED, 2))
-        batched = lu.shapes_vgg.predict_logits(net, images[:2])
+        batched = shapes_vgg.predict_logits(net, images[:2])
         torch.testing.assert_close(logits, batched, atol=1e-4, rtol=1e-4)

@@ -9,8 +9,8 @@ from conftest import head_values
 from torch import nn
 
 import liftcam_utils as lu
-from liftcam_utils.cam import prepare
-from liftcam_utils.channel_game import ChannelGame
+from liftcam_utils.engine.cam_input import prepare
+from liftcam_utils.engine.channel_game import ChannelGame
 from liftcam_utils.methods import shapley
 from liftcam_utils.methods.shapley import random_orderings
 
@@ -259,8 +259,8 @@ def test_variance_reduced_estimators_on_lite0(lite0, images):
 
 
 def test_the_quadratic_control_has_exact_shapley_values(small_inputs, x):
-    """Eq. (2) of liftcam_utils.quadratic_control against the exhaustive Shapley values of g on all 2^8 coalitions;
-    the residual game is v - g on each of them. A head whose R is not elementwise gets no control."""
+    """Eq. (2) of liftcam_utils.engine.quadratic_control against the exhaustive Shapley values of g on all 2^8
+    coalitions; the residual game is v - g on each of them. A head whose R is not elementwise gets no control."""
     game = ChannelGame.of(small_inputs, 0)
     control = game.quadratic_control
     assert control.square_weight.abs().max() > 0

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import liftcam_utils as lu
+from liftcam_utils.engine.head_ops import is_affine_head
 
 
 @pytest.mark.parametrize("layer, channels", [
@@ -34,8 +35,8 @@ def test_expansion_cut_is_non_negative_and_non_linear(lite0, images):
     split = lite0.split("_blocks.15._swish@0")
     with torch.no_grad():
         assert (split.body(images) >= 0).all()
-    assert not lu.head_ops.is_affine_head(split.head)
-    assert lu.head_ops.is_affine_head(lite0.split().head)
+    assert not is_affine_head(split.head)
+    assert is_affine_head(lite0.split().head)
 
 
 def test_ambiguous_layer_lists_the_calls(lite0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import liftcam_utils as lu
-from liftcam_utils.models import from_caffe_vgg16
+from liftcam_utils.models.registry import from_caffe_vgg16
 
 
 def _caffe_layout(state):

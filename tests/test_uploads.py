@@ -1,4 +1,4 @@
-"""Uploaded images (liftcam_utils.uploads): refused with a message naming the problem, or converted to RGB
+"""Uploaded images (liftcam_utils.app.uploads): refused with a message naming the problem, or converted to RGB
 with a note, checked pixel by pixel."""
 
 import io
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, GifImagePlugin, Image, TiffImagePlugin
 
-from liftcam_utils.uploads import ACCEPTED, MAX_PIXELS, MAX_SIDE, read_uploaded_image
+from liftcam_utils.app.uploads import ACCEPTED, MAX_PIXELS, MAX_SIDE, read_uploaded_image
 
 # the header of an Encapsulated PostScript file: Pillow would render it with Ghostscript when decoded
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n0 0 moveto 16 16 lineto stroke\n%%EOF\n"

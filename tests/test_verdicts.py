@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from liftcam_utils import verdicts as V
+from liftcam_utils.evaluation import verdicts as V
 
 
 def _rows(values_by_method: dict[str, list[float]], metric="AD") -> pd.DataFrame:
@@ -93,7 +93,7 @@ def test_bad_input_is_refused():
 
 
 def test_require_prints_the_statement_or_raises_with_the_numbers(capsys):
-    from liftcam_utils.checks import ScienceCheckError, require
+    from liftcam_utils.evaluation.checks import ScienceCheckError, require
 
     require("random below every method", True, "not shown")
     assert capsys.readouterr().out == "check: random below every method\n"

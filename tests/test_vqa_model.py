@@ -5,7 +5,7 @@ import torch
 
 import liftcam_utils as lu
 from liftcam_utils.datasets.catalog import VQA_TEST_SEED
-from liftcam_utils.vqa_model import answer_accuracy, question_vocabulary, train_shapes_vqa, vqa_tensors
+from liftcam_utils.models.vqa_model import answer_accuracy, question_vocabulary, train_shapes_vqa, vqa_tensors
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from PIL import Image
 import liftcam_utils as lu
 from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, AnswersLeftOutWarning, load_dataset, read_vqa_v2
 from liftcam_utils.datasets.synthetic_vqa import ANSWERS, make_vqa
-from liftcam_utils.vqa_model import BASIC_VQA_LAYER, basic_vqa_net
+from liftcam_utils.models.vqa_model import BASIC_VQA_LAYER, basic_vqa_net
 
 # ----------------------------------------------------------------------------- VQA v2 fixtures
 

@@ -7,7 +7,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from liftcam_utils import report, workbook
+from liftcam_utils.app import workbook
+from liftcam_utils.evaluation import report
 
 
 def _notebook(path, source):
@@ -23,7 +24,7 @@ def test_runs_numbered_notebooks_in_order_with_overrides(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     _notebook(notebooks / "01_second.ipynb",
-              "import pandas as pd\nfrom liftcam_utils.report import save_table\n"
+              "import pandas as pd\nfrom liftcam_utils.evaluation.report import save_table\n"
               "print('second', n_images * 10)\n"
               "save_table(pd.DataFrame({'AD': [1.25]}, index=['liftcam']), '01_table', output_dir)")
     _notebook(notebooks / "00_first.ipynb", "print('first', n_images)")
@@ -69,7 +70,7 @@ def test_quick_parameters_must_be_declared(tmp_path, monkeypatch):
 
 
 def test_report_opens_with_the_verdicts(tmp_path):
-    from liftcam_utils import verdicts
+    from liftcam_utils.evaluation import verdicts
 
     rows = pd.DataFrame({"image": [f"i{k}" for k in range(8)] * 2, "method": ["a"] * 8 + ["b"] * 8,
                          "AD": [float(k) for k in range(8)] + [float(k) + 5 for k in range(8)]})

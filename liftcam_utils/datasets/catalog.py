@@ -20,26 +20,22 @@ are left out (:class:`~liftcam_utils.datasets.vqa_v2.AnswersLeftOutWarning`).
 
 ``"folder"`` (:mod:`~liftcam_utils.datasets.folder`) reads ``data_dir/<class>/<images>``, each sub-folder
 named by an ImageNet class name or WordNet id, labels 0..999; or image files directly in ``data_dir``,
-each labelled with the class that ``model`` (a loaded model or a name) predicts. Its records have no boxes.
+each labelled with the class that ``model`` (a loaded model, ``load_model(name)``) predicts. Its records have no boxes.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .embedded import embedded_photos
-from .folder import FOLDER_LAYOUT, read_image_folder
+from .folder import FOLDER_LAYOUT, LabellingModel, read_image_folder
 from .paper_data import read_coco2014_val, read_imagenet_val, read_voc2007_test
 from .questions import Vocabulary
-from .records import ImageRecord
+from .records import ImageRecord, select
 from .synthetic_scenes import make_scenes
 from .synthetic_vqa import make_vqa
 from .vqa_v2 import read_vqa_v2
-
-if TYPE_CHECKING:
-    from ..models import LoadedModel
 
 SCENES_TEST_SEED = 2024  # the scenes model trained on seed 0 and was validated on seed 10000
 VQA_TEST_SEED = 2024  # likewise the shapes_vqa model: trained on seed 0, validated on seed 10000
@@ -53,18 +49,20 @@ ANSWER_VOCABULARY_FILE = "vocab_answers.txt"
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, n_images: int | None = None,
-                 seed: int = 0, *, model: LoadedModel | str | None = None) -> list[ImageRecord]:
+                 seed: int = 0, *, model: LabellingModel | None = None) -> list[ImageRecord]:
     """``n_images`` records of dataset ``name`` drawn with ``seed`` (all when None; 200 scenes or questions).
 
     The paper's datasets and ``"folder"`` are read from ``data_dir``; when it or a file is missing the error
     says what to download (or which layout to provide) and where to put it. ``model`` labels a flat
-    ``"folder"`` by its predicted classes; every other dataset ignores it.
+    ``"folder"`` by its predicted classes; every other dataset ignores it. A model *name* is refused for every
+    dataset (``TypeError``), so that a notebook that passes one fails on the photos too, not only on a folder.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    if isinstance(model, str):
+        raise TypeError(f"model must be a loaded model or None, not the name {model!r}: pass load_model({model!r}) "
+                        "(from liftcam_utils.models.registry)")
     if name == "photos":
-        from ..evaluation import select
-
         return select(embedded_photos(), n_images, seed)
     if name == "scenes":
         return make_scenes(n_images or 200, seed=SCENES_TEST_SEED + seed).records

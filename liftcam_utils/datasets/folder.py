@@ -8,13 +8,13 @@
   ImageNet's ``LOC_synset_mapping.txt`` in ``data_dir`` (read and checked as :func:`read_imagenet_val`
   reads it). The label is the class's ImageNet index 0..999.
 * **Flat**: the image files directly in ``data_dir``, no sub-folders. The label is the class that
-  ``model`` predicts (the argmax of its logits), so the ``model`` keyword is required, and the labels index
-  that model's ``categories``.
+  ``model`` predicts (the argmax of its logits), so the ``model`` keyword is required (a loaded model:
+  ``load_model(name)``), and the labels index that model's ``categories``.
 
 Image files are those with a suffix in :data:`IMAGE_SUFFIXES` (any case); other files and every name
 starting with ``.`` are ignored. Records are sorted by their name, the file's path relative to ``data_dir``
 (``tench/img_001.jpg``); ``n_images`` of them are drawn with ``seed`` by
-:func:`liftcam_utils.evaluation.select`, as for the embedded photos, so the same folder, ``n_images`` and
+:func:`liftcam_utils.datasets.records.select`, as for the embedded photos, so the same folder, ``n_images`` and
 ``seed`` always give the same records. Each selected image is decoded once when the dataset is read (to
 classify it, or to check it): a file that Pillow cannot read raises :class:`ValueError` naming it, rather
 than being skipped, so a damaged file never silently changes the selection. ``record.image()`` reads the
@@ -28,19 +28,31 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from PIL import Image
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-from ..split import eval_mode
+from ..engine.split import eval_mode
 from .paper_data import _IMAGENET_SYNSET_FILE, _read_synsets
-from .records import ImageRecord
+from .records import ImageRecord, select
 
-if TYPE_CHECKING:
-    from ..models import LoadedModel
+
+class LabellingModel(Protocol):
+    """What labels a flat folder: a loaded model (:class:`liftcam_utils.models.LoadedModel`, from ``load_model``)."""
+
+    name: str
+    net: torch.nn.Module
+    preprocess: Callable
+    questions: object
+    question: str | None
+
+    @property
+    def device(self) -> torch.device: ...
+
 
 IMAGENET_CATEGORIES: tuple[str, ...] = tuple(_IMAGENET_CATEGORIES)
 """The 1000 ImageNet class names of the ImageNet models (torchvision's list, as ``load_model`` uses it);
@@ -63,13 +75,13 @@ _PREDICT_BATCH = 16
 
 
 def read_image_folder(root: str | os.PathLike, n_images: int | None = None, seed: int = 0, *,
-                      model: LoadedModel | str | None = None,
+                      model: LabellingModel | None = None,
                       synset_file: str | os.PathLike | None = None) -> list[ImageRecord]:
     """``n_images`` records (all when None) of the images in ``root``, drawn with ``seed``; see the module
     docstring for the two layouts.
 
-    ``model`` (a :class:`~liftcam_utils.models.LoadedModel` or a model name, loaded with
-    ``load_model(name)``) labels a flat folder and is not used for class sub-folders. ``synset_file``
+    ``model`` (a loaded model, :class:`~liftcam_utils.models.LoadedModel`) labels a flat folder and is not used
+    for class sub-folders. ``synset_file``
     replaces ``root/LOC_synset_mapping.txt`` for WordNet-id folders.
     """
     root = Path(root)
@@ -120,8 +132,6 @@ def imagenet_class_index(folder_name: str, wnids: list[str] | None = None) -> in
 def _class_folder_records(root: Path, folders: list[Path], n_images: int | None, seed: int,
                           synset_file: str | os.PathLike | None) -> list[ImageRecord]:
     """The records of class sub-folders, labelled by their folders' ImageNet indices; selected, then checked."""
-    from ..evaluation import select
-
     wnids = None
     named_by_wnid = [folder.name for folder in folders if _WNID.fullmatch(folder.name)]
     if named_by_wnid:
@@ -158,20 +168,18 @@ def _class_folder_records(root: Path, folders: list[Path], n_images: int | None,
 
 
 def _flat_records(root: Path, files: list[Path], n_images: int | None, seed: int,
-                  model: LoadedModel | str | None) -> list[ImageRecord]:
+                  model: LabellingModel | None) -> list[ImageRecord]:
     """The records of a flat folder, selected, then labelled by ``model``'s predicted class."""
-    from ..evaluation import select
-    from ..models import load_model
-
     if model is None:
         raise ValueError(
             f"image folder {str(root)!r} holds image files with no class sub-folders, so each image is labelled "
             "with the class a model predicts: pass the model, e.g. load_dataset('folder', data_dir, "
-            f"model='efficientnet_lite0'), or sort the images into class sub-folders. Expected layout:\n"
+            f"model=load_model('efficientnet_lite0')), or sort the images into class sub-folders. Expected layout:\n"
             f"{FOLDER_LAYOUT}"
         )
     if isinstance(model, str):
-        model = load_model(model)
+        raise TypeError(f"model must be a loaded model, not the name {model!r}: pass load_model({model!r}) "
+                        "(from liftcam_utils.models.registry) to label the images of a flat folder")
     if model.questions is not None and model.question is None:
         raise ValueError(f"model {model.name!r} answers questions: fix one with model.fixed(question) to label "
                          "a folder of images, or use an image classifier")

@@ -1,10 +1,12 @@
-"""The one record type every dataset reader returns."""
+"""The one record type every dataset reader returns, and the seeded selection of ``n_images`` of them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 
@@ -50,3 +52,13 @@ class ImageRecord:
             return self.pixels.convert("RGB")
         with Image.open(self.path) as image:
             return image.convert("RGB")
+
+
+def select(dataset: Sequence[ImageRecord], n_images: int | None, seed: int) -> list[ImageRecord]:
+    """``n_images`` records drawn with ``seed`` (all when None), in dataset order."""
+    if n_images is None:
+        return list(dataset)
+    if not 0 < n_images <= len(dataset):
+        raise ValueError(f"n_images must be in 1 .. {len(dataset)} (the dataset's size), got {n_images}")
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
+    return [dataset[i] for i in sorted(chosen.tolist())]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cam import CamInput
+from ..engine.cam_input import CamInput
 
 
 def eigencam(inputs: CamInput) -> torch.Tensor:

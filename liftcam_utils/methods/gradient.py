@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cam import CamInput
+from ..engine.cam_input import CamInput
 
 
 def head_gradient(inputs: CamInput) -> torch.Tensor:

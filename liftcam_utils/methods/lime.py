@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..cam import CamInput
-from ..channel_game import ChannelGame, check_positive_int
+from ..engine.cam_input import CamInput
+from ..engine.channel_game import ChannelGame, check_positive_int
 
 
 def limecam(inputs: CamInput, n_samples: int = 1000, kernel_width: float = 0.25,

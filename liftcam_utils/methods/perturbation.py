@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..cam import CamInput, upsample_and_normalise
-from ..channel_game import ChannelGame, check_positive_int
+from ..engine.cam_input import CamInput
+from ..engine.cam_map import upsample_and_normalise
+from ..engine.channel_game import ChannelGame, check_positive_int
 
 
 def scorecam(inputs: CamInput, batch_size: int | None = None, *, baseline: bool = True) -> torch.Tensor:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..cam import CamInput
-from ..propagation import deeplift_rescale_channel_contributions, lrp_epsilon_channel_relevance
+from ..engine.cam_input import CamInput
+from ..engine.propagation import deeplift_rescale_channel_contributions, lrp_epsilon_channel_relevance
 
 
 def liftcam(inputs: CamInput) -> torch.Tensor:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import torch
 
-from ..cam import CamInput
-from ..channel_game import ChannelGame, check_positive_int
-from ..head_ops import is_affine_head
+from ..engine.cam_input import CamInput
+from ..engine.channel_game import ChannelGame, check_positive_int
+from ..engine.head_ops import is_affine_head
 
 MAX_EXHAUSTIVE_PLAYERS = 16
 
@@ -121,7 +121,7 @@ def shapcam(inputs: CamInput, n_permutations: int = 10, seed: int = 0, batch_siz
     * ``"stratified_antithetic"``: both.
 
     ``control="quadratic"``: the orderings run on the residual game ``v - g`` of a quadratic control
-    variate ``g`` with exact Shapley values, added back (:mod:`liftcam_utils.quadratic_control`):
+    variate ``g`` with exact Shapley values, added back (:mod:`liftcam_utils.engine.quadratic_control`):
     unbiased, locally accurate, for heads whose part after the channel-mixing op is elementwise
     then affine (else ``ValueError``). Its fit costs a few hundred evaluations of that elementwise
     op, no head evaluation; each prefix state is then also read out as ``g``, one more pass over it.

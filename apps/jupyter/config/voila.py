@@ -5,7 +5,7 @@ c = get_config()  # noqa: F821 (defined by traitlets when it loads this file)
 
 # The upload button sends the whole file to the kernel in one websocket message. Tornado's default limit is 10 MiB,
 # and a longer message closes the kernel connection with nothing said in the page, so a 20-megapixel photo (the
-# largest image liftcam_utils.uploads accepts) could not even be refused with a message. 96 MiB holds any
+# largest image liftcam_utils.app.uploads accepts) could not even be refused with a message. 96 MiB holds any
 # 20-megapixel image file at 8 bits per channel, even an uncompressed RGBA one (80 MB plus its header), and stays
 # under the 100 MiB that Tornado's HTTP server buffers for one read (its max_buffer_size, which Voila does not let
 # us raise): a websocket frame longer than that is dropped whatever this limit says.

@@ -1,4 +1,4 @@
-"""ipywidgets front ends for the notebooks: wiring only, the logic is in :mod:`liftcam_utils.explore`.
+"""ipywidgets front ends for the notebooks: wiring only, the logic is in :mod:`liftcam_utils.app.explore`.
 
 Every widget draws into an ``ipywidgets.Output`` by setting its ``outputs`` (a PNG and a text
 line), so it works the same in a notebook and in a test without a kernel. An error in a step is
@@ -17,8 +17,12 @@ import ipywidgets as W
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..datasets.catalog import load_dataset
+from ..evaluation.metrics import ABSENT_CHOICES, DELTAS
+from ..methods import METHODS
+from ..models import load_model
 from . import explore
-from .metrics import DELTAS
+from .uploads import read_uploaded_image
 
 ERROR_PREFIX = "Error: "
 
@@ -93,7 +97,7 @@ def _show_explanation(out: W.Output, result: explore.Explanation, image_name: st
                       faithfulness: dict[str, float] | None = None, curves: dict[str, np.ndarray] | None = None,
                       absent: str = "mean", notes: list[str] = ()) -> None:
     """The map over the image, the largest ``alpha_k`` and the top classes; with ``faithfulness`` (from
-    :func:`~liftcam_utils.explore.faithfulness`) and its insertion / deletion ``curves``, those too; ``notes``
+    :func:`~liftcam_utils.app.explore.faithfulness`) and its insertion / deletion ``curves``, those too; ``notes``
     (e.g. warnings) as lines below."""
     panels = 2 if curves is None else 3
     figure = Figure(figsize=(9 if panels == 2 else 13, 3.4))
@@ -124,8 +128,6 @@ def _show_explanation(out: W.Output, result: explore.Explanation, image_name: st
 def method_explorer(model, records, methods=None, layers=None, options=None) -> W.VBox:
     """Dropdowns for image, method and layer; shows the map over the image, the largest ``alpha_k``
     and the predicted classes. ``options``: per method, its options, e.g. ``{"shapcam": {"n_permutations": 10}}``."""
-    from .methods import METHODS
-
     records = list(records)
     methods = list(methods or METHODS)
     layers = list(layers or [model.layer])
@@ -154,7 +156,7 @@ def method_explorer(model, records, methods=None, layers=None, options=None) -> 
 
 def shapley_stepper_widget(stepper: explore.ShapleyStepper, reference_cosine: float | None = None,
                            notes: list[str] = ()) -> W.VBox:
-    """Buttons "next ordering" and "+10" advance a :class:`~liftcam_utils.explore.ShapleyStepper`;
+    """Buttons "next ordering" and "+10" advance a :class:`~liftcam_utils.app.explore.ShapleyStepper`;
     shows which layer it cuts and whether its head is affine, the current map, the last ordering's marginal
     contributions and the convergence curve (cosine to the stepper's reference; ``reference_cosine``, e.g.
     LIFT-CAM's, as a line); ``notes`` (e.g. warnings) as lines below."""
@@ -283,7 +285,7 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
     question box.
 
     The stepper has a layer control of its own, starting at the model's non-linear cut
-    (:func:`~liftcam_utils.explore.stepper_layer`), not at the layer of the map above: the map's default is
+    (:func:`~liftcam_utils.app.explore.stepper_layer`), not at the layer of the map above: the map's default is
     the cut the paper's ResNet50 has (for EfficientNet-Lite0 ``_swish@1``), an affine head, where LIFT-CAM is
     exactly the Shapley values and every ordering gives the same, exact answer, so a stepper there would show
     no sampling at all. Keeping both defaults keeps each view meaningful; the stepper's line names its layer
@@ -295,12 +297,6 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
     model whose weights are missing) is shown as a message, and so are warnings (e.g. signed maps); the app
     keeps running.
     """
-    from .datasets.catalog import load_dataset
-    from .methods import METHODS
-    from .metrics import ABSENT_CHOICES
-    from .models import load_model
-    from .uploads import read_uploaded_image
-
     if absent not in ABSENT_CHOICES:
         raise ValueError(f"absent must be one of {ABSENT_CHOICES}, got {absent!r}")
     records = list(load_dataset("photos") if records is None else records)

@@ -45,9 +45,10 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from .cam import cam_map, prepare, resolve_target
-from .methods import METHODS
-from .split import CamSplit, eval_mode, split_model
+from ..engine.cam_input import prepare, resolve_target
+from ..engine.cam_map import cam_map
+from ..engine.split import CamSplit, eval_mode, split_model
+from ..methods import METHODS
 
 MODES = ("cascading", "independent")
 PARTS = ("head", "body", "both")  # where a randomised layer lies with respect to the cut

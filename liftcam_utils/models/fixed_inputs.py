@@ -19,7 +19,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from .split import _CamTracer, eval_mode
+from ..engine.split import CamTracer, eval_mode
 
 
 def _check_fixed(names: list[str], fixed: tuple) -> None:
@@ -44,7 +44,7 @@ def fix_inputs(net: nn.Module, *fixed: torch.Tensor) -> fx.GraphModule:
     if not isinstance(net, nn.Module):
         raise TypeError(f"fix_inputs expects a torch.nn.Module, got {type(net).__name__}")
     with eval_mode(net):
-        graph = _CamTracer().trace(net)
+        graph = CamTracer().trace(net)
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         _check_fixed([n.target for n in placeholders], fixed)
         image, extra = placeholders[0], placeholders[1:]

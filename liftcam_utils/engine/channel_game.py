@@ -5,13 +5,13 @@ A coalition ``a'`` in {0, 1}^N keeps the maps ``A_k`` with ``a'_k = 1`` and sets
 exact Shapley values, Ablation-CAM, KernelSHAP-CAM and LIME-CAM all query this one game.
 
 Only the head is evaluated, never the body. Where the head factors as ``R o M o P``
-(:mod:`liftcam_utils.head_factoring`), each channel's contribution ``D_k`` to the first mixing
+(:mod:`liftcam_utils.engine.head_factoring`), each channel's contribution ``D_k`` to the first mixing
 op's output is computed once per image, and a coalition costs a sum of ``D_k`` plus one
 evaluation of ``R``; along an ordering, the prefixes are running sums, several orderings at a time.
 The sums rest on the additivity of ``M``'s output over channels, which is checked once per game, on
 the full coalition and one random coalition; where it fails, the game evaluates the full head instead.
 Where ``R`` is elementwise, :meth:`ChannelGame.quadratic_control` and :meth:`ChannelGame.minus` give SHAP-CAM its
-control variate (:mod:`liftcam_utils.quadratic_control`).
+control variate (:mod:`liftcam_utils.engine.quadratic_control`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import functools
 
 import torch
 
-from .cam import CamInput
+from .cam_input import CamInput
 from .head_factoring import factor_head
 from .quadratic_control import QuadraticControl, fit_quadratic_control, is_elementwise
 
@@ -42,7 +42,7 @@ class ChannelGame:
     """``v(a') = F^c(h_A(a'))`` for image ``index`` of ``inputs``; ``batch_size`` head inputs at a time.
 
     Through the head's factors where it has them and their contributions add up on this image's maps
-    (:meth:`~liftcam_utils.head_factoring.HeadFactors.contributions`), else by evaluating the full head.
+    (:meth:`~liftcam_utils.engine.head_factoring.HeadFactors.contributions`), else by evaluating the full head.
     """
 
     def __init__(self, inputs: CamInput, index: int, batch_size: int = 256):
@@ -76,7 +76,7 @@ class ChannelGame:
 
     @functools.cached_property
     def quadratic_control(self) -> QuadraticControl | None:
-        """The quadratic control variate of :mod:`liftcam_utils.quadratic_control` for this game, or None where
+        """The quadratic control variate of :mod:`liftcam_utils.engine.quadratic_control` for this game, or None where
         the head does not factor with an elementwise ``R`` and an affine readout (the game (1) of that module)."""
         if self._factored is None or self._readout is None or not is_elementwise(self._factored.rest):
             return None

@@ -128,7 +128,7 @@ def _classify(node: fx.Node, head: fx.GraphModule, depends: set[fx.Node]) -> OpK
         "Supported: affine ops (conv, linear, eval-mode batch norm, average pooling, reshapes, "
         "sums, products with a constant), elementwise non-linearities "
         f"({', '.join(sorted(m.__name__ for m in _ELEMENTWISE_MODULES))}) and max pooling. "
-        "Cut the network at a later layer, or add a rule to liftcam_utils.head_ops."
+        "Cut the network at a later layer, or add a rule to liftcam_utils.engine.head_ops."
     )
 
 

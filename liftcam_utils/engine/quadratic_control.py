@@ -1,6 +1,6 @@
 """A quadratic control variate for SHAP-CAM: a game of order 2 close to the channel game, with exact Shapley values.
 
-Where the head factors as ``F = R o M o P`` (:mod:`liftcam_utils.head_factoring`) and ``R`` is an elementwise
+Where the head factors as ``F = R o M o P`` (:mod:`liftcam_utils.engine.head_factoring`) and ``R`` is an elementwise
 non-linearity ``f`` followed by affine ops (EfficientNet-Lite0's ``ReLU6``, pooling and fc after
 ``_blocks.15._swish@0`` or ``_blocks.15``), the channel game is
 

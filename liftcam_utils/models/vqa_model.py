@@ -17,7 +17,7 @@ L2 normalisation, the product with the (constant) question embedding and the cla
 
 ``shapes_vqa`` is trained on CPU from scratch by::
 
-    python -m liftcam_utils.vqa_model --out data/shapes_vqa.pt
+    python -m liftcam_utils.models.vqa_model --out data/shapes_vqa.pt
 
 with the defaults of :func:`train_shapes_vqa` (``DEFAULT_TRAINING``; a few minutes on 2 cores).
 """
@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from .datasets.questions import Vocabulary
-from .datasets.synthetic_vqa import (
+from ..datasets.questions import Vocabulary
+from ..datasets.synthetic_vqa import (
     ANSWERS,
     COLOURS,
     MAX_QUESTION_TOKENS,
@@ -45,7 +45,8 @@ from .datasets.synthetic_vqa import (
     VQA_IMAGE_SIZE,
     generate_vqa_scene,
 )
-from .models import default_device
+from .checkpoints import default_device, load_checked, read_state_dict
+from .loaded import LoadedModel
 from .training import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -57,7 +58,7 @@ from .training import (
 
 SHAPES_VQA_LAYER = "img_encoder.model.features.20"  # the ReLU after the last conv layer, 128 x 8 x 8
 VAL_SEED_OFFSET = 10_000  # held-out scenes come from dataset seed ``seed + VAL_SEED_OFFSET``
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "shapes_vqa.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "shapes_vqa.pt"
 DEFAULT_TRAINING = {"n_train": 8000, "n_answer_train": 20000, "n_val": 500, "image_epochs": 10, "answer_epochs": 30,
                     "seed": 0}
 
@@ -365,7 +366,6 @@ def basic_vqa_net(state: dict[str, torch.Tensor]) -> VqaModel:
 def load_basic_vqa(checkpoint: str | os.PathLike, device: str | torch.device | None = None):
     """A basic VQA checkpoint (``{"epoch", "state_dict"}`` or a bare state dict) as a ``LoadedModel``,
     with ``vocab_questions.txt`` and ``vocab_answers.txt`` from the checkpoint's folder."""
-    from .models import LoadedModel, load_checked, read_state_dict
 
     if checkpoint in (None, "default"):
         raise ValueError("basic_vqa has no published weights: pass weights='<path to model-epoch-XX.ckpt>', with "

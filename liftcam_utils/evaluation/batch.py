@@ -32,13 +32,14 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..datasets.records import ImageRecord, select
+from ..engine.cam_input import prepare
+from ..engine.cam_map import cam_map
+from ..engine.split import eval_mode
+from ..files import write_atomically
+from ..methods import METHODS
+from ..models import LoadedModel, load_model
 from . import metrics as M
-from .cam import cam_map, prepare
-from .datasets.records import ImageRecord
-from .files import write_atomically
-from .methods import METHODS
-from .models import LoadedModel, load_model
-from .split import eval_mode
 
 METRICS = ("faithfulness", "insertion_deletion", "road", "pointing", "cosine")
 # summary column -> how the rows are averaged
@@ -78,21 +79,11 @@ def method_specs(methods: Sequence[str] | Mapping[str, tuple[str, dict]]) -> lis
     return specs
 
 
-def select(dataset: Sequence[ImageRecord], n_images: int | None, seed: int) -> list[ImageRecord]:
-    """``n_images`` records drawn with ``seed`` (all when None), in dataset order."""
-    if n_images is None:
-        return list(dataset)
-    if not 0 < n_images <= len(dataset):
-        raise ValueError(f"n_images must be in 1 .. {len(dataset)} (the dataset's size), got {n_images}")
-    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n_images]
-    return [dataset[i] for i in sorted(chosen.tolist())]
-
-
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """A hash of the package's source: results computed by other code never count as cached."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
+    for path in sorted(Path(__file__).parents[1].rglob("*.py")):  # the whole liftcam_utils package
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -332,12 +323,12 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     Rong et al. 2022: the means ``road_morf`` / ``road_lerf`` of the target's softmax after the
     10 %, ..., 90 % most / least relevant pixels are removed by noisy linear imputation with the
     authors' noise, 0.01 on raw pixels, and the two curves at ``metrics.ROAD_FRACTIONS``; it
-    ignores ``absent``; see :func:`liftcam_utils.metrics.road_curves`), ``"pointing"``
+    ignores ``absent``; see :func:`liftcam_utils.evaluation.metrics.road_curves`), ``"pointing"``
     (energy-based pointing game on the target's boxes, Eq. 14; NaN for a record with no box of its
     target, e.g. a folder of one's own images, and left out of the means) and ``"cosine"`` (cosine
     similarity to the ``reference`` method's alpha, e.g.
     ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
-    removed pixel (see :mod:`liftcam_utils.metrics`). The target of each image is its first label.
+    removed pixel (see :mod:`liftcam_utils.evaluation.metrics`). The target of each image is its first label.
     ``device`` applies to Dask workers; in this process the model's own device is used.
 
     ``cache_dir``: a folder of cached results, one JSON file per (shard of ``shard_size`` images,

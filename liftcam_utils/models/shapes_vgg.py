@@ -14,7 +14,7 @@ Outputs are one logit per class of :data:`SCENE_CLASSES`; a class is present whe
 
 The committed weights ``data/shapes_vgg.pt`` (a state dict) are reproduced on CPU by::
 
-    python -m liftcam_utils.shapes_vgg --out data/shapes_vgg.pt
+    python -m liftcam_utils.models.shapes_vgg --out data/shapes_vgg.pt
 
 which trains with the defaults of :func:`train_shapes_vgg` (``DEFAULT_TRAINING``): training
 scenes from seed 0, held-out scenes from seed ``0 + VAL_SEED_OFFSET``, ``torch.manual_seed(0)``,
@@ -34,14 +34,14 @@ import torch
 from torch import nn
 from torchvision import transforms
 
-from .datasets.synthetic_scenes import DEFAULT_SIZE, SCENE_CLASSES, make_scenes, multi_hot
-from .models import default_device, load_state_dict_file
+from ..datasets.synthetic_scenes import DEFAULT_SIZE, SCENE_CLASSES, make_scenes, multi_hot
+from .checkpoints import default_device, load_state_dict_file
 from .training import IMAGENET_MEAN, IMAGENET_STD, normalise_uint8, save_state_dict, seeded_generator, train_epochs
 
 SHAPES_VGG_LAYER = "features.14"  # the ReLU after the last conv layer (and its BN)
 SHAPES_IMAGE_SIZE = DEFAULT_SIZE
 VAL_SEED_OFFSET = 10_000  # held-out scenes come from dataset seed ``seed + VAL_SEED_OFFSET``
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "shapes_vgg.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "shapes_vgg.pt"
 
 DEFAULT_TRAINING = {"n_train": 3000, "n_val": 500, "epochs": 10, "seed": 0}
 

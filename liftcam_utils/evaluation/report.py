@@ -1,7 +1,7 @@
 """Notebook outputs on disk: tables (CSV) and figures (PNG) under ``results/``, and ``REPORT.md``.
 
 A notebook saves each result as ``<notebook>_<name>.csv`` / ``.png`` (e.g. ``04_faithfulness_table3.csv``),
-and the verdicts on the paper's claims (:mod:`liftcam_utils.verdicts`) as ``<notebook>_verdicts.csv``;
+and the verdicts on the paper's claims (:mod:`liftcam_utils.evaluation.verdicts`) as ``<notebook>_verdicts.csv``;
 :func:`build_report` collects them into one Markdown report that opens with every notebook's verdicts.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import write_atomically
+from ..files import write_atomically
 from .paper import METHOD_NAMES
 
 VERDICTS_SUFFIX = "_verdicts"
@@ -35,7 +35,7 @@ def save_figure(figure, name: str, output_dir: str | os.PathLike) -> None:
 
 
 def save_verdicts(table: pd.DataFrame, notebook: str, output_dir: str | os.PathLike) -> pd.DataFrame:
-    """Write a :func:`~liftcam_utils.verdicts.verdict_table` to ``output_dir/<notebook>_verdicts.csv``."""
+    """Write a :func:`~liftcam_utils.evaluation.verdicts.verdict_table` to ``output_dir/<notebook>_verdicts.csv``."""
     _write_text(Path(output_dir) / f"{notebook}{VERDICTS_SUFFIX}.csv", table.reset_index().to_csv(index=False))
     return table
 
@@ -88,8 +88,8 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
         text += ["## Verdicts: the paper's claims tested on our data", "",
                  "Each claim is a paired comparison on the same images: the mean difference with a seeded bootstrap "
                  "95 % interval and a two-sided Wilcoxon signed-rank test; the verdict is computed "
-                 "(`liftcam_utils.verdicts`): *holds* when p < 0.05 and the interval is on the claimed side of 0, "
-                 "*contradicted* when both point the other way, *not shown at this n* otherwise.", ""]
+                 "(`liftcam_utils.evaluation.verdicts`): *holds* when p < 0.05 and the interval is on the claimed side "
+                 "of 0, *contradicted* when both point the other way, *not shown at this n* otherwise.", ""]
         for path in verdict_files:
             notebook = path.name[: -len(f"{VERDICTS_SUFFIX}.csv")]
             text += [f"### {notebook}", "", _verdict_markdown(path), ""]

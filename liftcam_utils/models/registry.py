@@ -11,9 +11,9 @@
   Default layer ``"features.29"``.
 * ``"shapes_vgg"``: our VGG-style classifier of the synthetic scenes (6 classes, multi-label), with
   VGG16's head structure (max-pool, FC-ReLU-FC-ReLU-FC); weights in ``data/shapes_vgg.pt``, made by
-  ``python -m liftcam_utils.shapes_vgg --out data/shapes_vgg.pt``. Default layer ``"features.14"``.
+  ``python -m liftcam_utils.models.shapes_vgg --out data/shapes_vgg.pt``. Default layer ``"features.14"``.
 * ``"shapes_vqa"``: the basic VQA model (image CNN + question LSTM, product fusion) trained on our
-  synthetic VQA task (:mod:`liftcam_utils.vqa_model`); weights in ``data/shapes_vqa.pt``. Default
+  synthetic VQA task (:mod:`liftcam_utils.models.vqa_model`); weights in ``data/shapes_vqa.pt``. Default
   layer ``"img_encoder.model.features.20"`` (128 x 8 x 8). Explain it with a question fixed:
   ``load_model("shapes_vqa").fixed("what color is the star?")``.
 * ``"basic_vqa"``: a checkpoint of the public basic VQA implementation the paper explains (VGG19 image
@@ -26,10 +26,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,106 +36,12 @@ from torch import nn
 from torchvision import transforms
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-from .datasets.paper_data import COCO_CLASSES, VOC_CLASSES
-from .datasets.questions import Vocabulary
-from .fixed_inputs import fix_inputs
-from .split import CamSplit, split_model
-
-
-def default_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given; ``None`` picks CUDA when present, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@dataclass
-class LoadedModel:
-    """A classifier ready for CAM: ``net`` in eval mode, its default ``layer``, the ``preprocess``
-    transform (PIL image -> normalised (3, H, W) tensor), the class names, and the ``weights``
-    it was loaded with (so that ``load_model(name, weights)`` rebuilds it elsewhere)."""
-
-    name: str
-    net: nn.Module
-    layer: str
-    preprocess: Callable
-    categories: list[str]
-    weights: str | None = "default"
-    # VQA models: (question vocabulary, padded question length); ``question``: the fixed question
-    questions: tuple[Vocabulary, int] | None = None
-    question: str | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    def fixed(self, question: str) -> LoadedModel:
-        """This VQA model with ``question`` fixed (paper Sec. 4.4): a model of the image alone whose
-        classes are the answers, ready for every method, metric and the batch runner."""
-        if self.questions is None:
-            raise ValueError(f"model {self.name!r} takes no question")
-        if self.question is not None:
-            raise ValueError(f"model {self.name!r} already has the question {self.question!r} fixed")
-        vocabulary, length = self.questions
-        tokens = vocabulary.encode(question, length)[None].to(self.device)
-        return dataclasses.replace(self, net=fix_inputs(self.net, tokens), question=question)
-
-    def split(self, layer: str | None = None) -> CamSplit:
-        """The model cut at ``layer`` (default: the model's default CAM layer)."""
-        return split_model(self.net, layer or self.layer)
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors, read with ``weights_only=True`` (a file can never run code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
-def load_checked(net: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """Load ``state`` completely or not at all: an error names ``source`` and the first missing,
-    unexpected or mis-shaped key, and the network is untouched unless every key matches."""
-    expected = net.state_dict()
-    for key in expected:
-        if key not in state:
-            raise ValueError(f"checkpoint {str(source)!r} lacks key {key!r} of {type(net).__name__}")
-        if tuple(state[key].shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"checkpoint {str(source)!r}: key {key!r} has shape {tuple(state[key].shape)}, "
-                f"the model expects {tuple(expected[key].shape)}"
-            )
-    for key in state:
-        if key not in expected:
-            raise ValueError(f"checkpoint {str(source)!r} has key {key!r}, unknown to {type(net).__name__}")
-    net.load_state_dict(state)
-
-
-def load_state_dict_file(net: nn.Module, path: str | os.PathLike) -> None:
-    """Load a checkpoint file safely and completely (see :func:`read_state_dict`, :func:`load_checked`)."""
-    load_checked(net, read_state_dict(path), path)
-
-
-def cached_download(url: str, what: str) -> Path:
-    """The torch hub cache's copy of ``url``, downloading it when possible; a clear error otherwise."""
-    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if not file.is_file():
-        try:
-            torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
-        except Exception as error:  # URLError, HTTPError, socket errors, hash mismatch
-            raise FileNotFoundError(
-                f"{what} ({file.name}) are not cached and could not be downloaded ({error}). Put the file from "
-                f"{url} at {file}, or pass weights='<path to the checkpoint>'."
-            ) from error
-    return file
+from ..datasets.paper_data import COCO_CLASSES, VOC_CLASSES
+from ..datasets.synthetic_scenes import SCENE_CLASS_NAMES
+from ..datasets.synthetic_vqa import ANSWERS, MAX_QUESTION_TOKENS
+from . import shapes_vgg, vqa_model
+from .checkpoints import cached_download, default_device, load_checked, load_state_dict_file, read_state_dict
+from .loaded import LoadedModel
 
 
 def _imagenet_preprocess(mean, std) -> Callable:
@@ -225,31 +129,26 @@ def _efficientnet_lite0_net(weights) -> nn.Module:
 
 
 def _shapes_vgg_entry():
-    from .datasets.synthetic_scenes import SCENE_CLASS_NAMES
-    from .shapes_vgg import DEFAULT_WEIGHTS, SHAPES_VGG_LAYER, ShapesVGG, shapes_preprocess
-
     def build(weights):
-        net = ShapesVGG(len(SCENE_CLASS_NAMES))
+        net = shapes_vgg.ShapesVGG(len(SCENE_CLASS_NAMES))
         if weights is not None:
-            load_state_dict_file(net, DEFAULT_WEIGHTS if weights == "default" else weights)
+            load_state_dict_file(net, shapes_vgg.DEFAULT_WEIGHTS if weights == "default" else weights)
         return net
 
-    return build, SHAPES_VGG_LAYER, shapes_preprocess, list(SCENE_CLASS_NAMES)
+    return build, shapes_vgg.SHAPES_VGG_LAYER, shapes_vgg.shapes_preprocess, list(SCENE_CLASS_NAMES)
 
 
 def _shapes_vqa_entry():
-    from .datasets.synthetic_vqa import ANSWERS, MAX_QUESTION_TOKENS
-    from .vqa_model import DEFAULT_WEIGHTS, SHAPES_VQA_LAYER, question_vocabulary, shapes_vqa_net, shapes_vqa_preprocess
-
-    vocabulary = question_vocabulary()
+    vocabulary = vqa_model.question_vocabulary()
 
     def build(weights):
-        net = shapes_vqa_net(len(vocabulary))
+        net = vqa_model.shapes_vqa_net(len(vocabulary))
         if weights is not None:
-            load_state_dict_file(net, DEFAULT_WEIGHTS if weights == "default" else weights)
+            load_state_dict_file(net, vqa_model.DEFAULT_WEIGHTS if weights == "default" else weights)
         return net
 
-    return build, SHAPES_VQA_LAYER, shapes_vqa_preprocess, list(ANSWERS), (vocabulary, MAX_QUESTION_TOKENS)
+    return (build, vqa_model.SHAPES_VQA_LAYER, vqa_model.shapes_vqa_preprocess, list(ANSWERS),
+            (vocabulary, MAX_QUESTION_TOKENS))
 
 
 _IMAGENET_PREPROCESS = _imagenet_preprocess(_TORCHVISION_MEAN, _TORCHVISION_STD)
@@ -282,9 +181,7 @@ def load_model(name: str, weights: str | os.PathLike | None = "default",
             f"weights {weights!r} is neither 'default', None, nor an existing checkpoint file"
         )
     if name == "basic_vqa":
-        from .vqa_model import load_basic_vqa
-
-        return load_basic_vqa(weights, device)
+        return vqa_model.load_basic_vqa(weights, device)
     build, layer, preprocess, categories, *questions = _MODELS[name]()
     net = build(weights).to(default_device(device)).eval()
     return LoadedModel(name=name, net=net, layer=layer, preprocess=preprocess, categories=categories,

@@ -1,8 +1,8 @@
 """Run the workbook headlessly: every ``notebooks/NN_*.ipynb`` in order, through papermill.
 
-    python -m liftcam_utils.workbook [NOTEBOOK_DIR] [OUTPUT_DIR] [-p NAME VALUE ...]
-    python -m liftcam_utils.workbook --in-place [NOTEBOOK ...]
-    python -m liftcam_utils.workbook --quick-copies DIR
+    python -m liftcam_utils.app.workbook [NOTEBOOK_DIR] [OUTPUT_DIR] [-p NAME VALUE ...]
+    python -m liftcam_utils.app.workbook --in-place [NOTEBOOK ...]
+    python -m liftcam_utils.app.workbook --quick-copies DIR
 
 Executed notebooks are written to ``OUTPUT_DIR`` (default ``results/``), with the tables and figures
 they save and ``REPORT.md``, which collects them. ``-p`` overrides a
@@ -26,7 +26,7 @@ import ast
 import sys
 from pathlib import Path
 
-from .report import build_report
+from ..evaluation.report import build_report
 
 # Small sizes for the test suite; notebooks not listed run at their defaults (they take seconds).
 QUICK_PARAMETERS = {

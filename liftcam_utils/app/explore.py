@@ -12,7 +12,7 @@
   (Table 4's insertion and deletion curves at one delta).
 * :func:`faithfulness`: one image's IC / AD / ADD terms and insertion / deletion AUCs.
 
-:mod:`liftcam_utils.widgets` only wires these to ipywidgets.
+:mod:`liftcam_utils.app.widgets` only wires these to ipywidgets.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import metrics as M
-from .cam import cam_map, coefficients, prepare
-from .channel_game import ChannelGame
-from .datasets.questions import PAD, UNKNOWN, tokenize
-from .head_ops import is_affine_head
-from .methods import METHODS
-from .methods.shapley import ordering_stream
-from .split import CamSplit, eval_mode
+from ..datasets.questions import PAD, UNKNOWN, tokenize
+from ..engine.cam_input import prepare
+from ..engine.cam_map import cam_map
+from ..engine.channel_game import ChannelGame
+from ..engine.head_ops import is_affine_head
+from ..engine.split import CamSplit, eval_mode
+from ..evaluation import metrics as M
+from ..methods import METHODS, coefficients
+from ..methods.shapley import ordering_stream
 
 
 def display_image(preprocess, image) -> np.ndarray:

@@ -1,15 +1,9 @@
-"""The one pipeline every CAM method shares (paper Eq. 1 and Eq. 10).
+"""What every method sees: :class:`CamInput`, built by :func:`prepare` (paper Eq. 1's ``A = f^[l](x)``).
 
-Methods differ only in how they weight the activation maps ``A``. Most are a rule for the
-coefficients ``alpha`` (one per map, shape (B, N)); a few (HiResCAM, Layer-CAM) weight each map
-pixel by pixel, with weights ``W`` of the maps' own shape (B, N, h, w). Everything else is common:
-``A = body(x)`` once, ``L = ReLU(sum_k alpha_k A_k)`` (Eq. 1) or ``L = ReLU(sum_k W_k o A_k)``
-(``o`` the elementwise product), ``u`` = bilinear upsampling to the input size, ``s`` = per-image
-min-max normalisation (Eq. 10).
-
-:func:`map_weights` gives either kind; :func:`coefficients` gives ``alpha`` and refuses per-pixel
-methods, which have none (their spatial mean would be another method's ``alpha``: HiResCAM's is
-Grad-CAM's), so comparisons of ``alpha`` (e.g. the cosine to the Shapley values) cover alpha rules only.
+:func:`prepare` checks the images, runs the body once to get the activation maps ``A`` of the cut layer,
+warns when they are signed (CAM assumes post-ReLU maps), and resolves the targets ``c`` (the predicted class
+where none is given). Every method is a function of a :class:`CamInput` and its options
+(:mod:`liftcam_utils.methods`).
 """
 
 from __future__ import annotations
@@ -19,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .split import CamSplit, eval_mode
+from .split import CamSplit
 
 
 class SignedActivationsWarning(UserWarning):
@@ -135,76 +128,3 @@ def prepare(split: CamSplit, x: torch.Tensor, target=None) -> CamInput:
         _check_maps(maps, split)
         logits = split.head(maps)
     return CamInput(split=split, x=x, maps=maps, target=resolve_target(target, logits))
-
-
-def _method(name: str):
-    from .methods import METHODS
-
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def map_weights(method: str, split: CamSplit, x: torch.Tensor, target=None, **options) -> torch.Tensor:
-    """How ``method`` weights the activation maps of each image: ``alpha`` of shape (B, N) for an
-    alpha rule, per-pixel weights ``W`` of shape (B, N, h, w) for HiResCAM and Layer-CAM."""
-    rule = _method(method)
-    with eval_mode(split.net):
-        return rule(prepare(split, x, target), **options)
-
-
-def coefficients(method: str, split: CamSplit, x: torch.Tensor, target=None, **options
-                 ) -> torch.Tensor:
-    """``alpha`` of ``method`` for each image: shape (B, N), N = number of activation maps.
-
-    A method that weights each map pixel by pixel has no ``alpha``: ``ValueError``.
-    """
-    weights = map_weights(method, split, x, target, **options)
-    if weights.dim() != 2:
-        raise ValueError(f"{method!r} weights each map pixel by pixel (weights of shape {tuple(weights.shape)}), so "
-                         "it has no coefficients alpha (one per map); use map_weights() for its weights or "
-                         "saliency() for its map")
-    return weights
-
-
-def upsample_and_normalise(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``s(u(.))`` of Eq. 10 for each map: bilinear upsampling to ``size``, then min-max to [0, 1].
-
-    (B, M, h, w) -> (B, M, H, W). A map that is constant before upsampling becomes 0, never NaN
-    (deciding after upsampling would stretch float rounding of a constant into a 0-1 pattern).
-    """
-    up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-    flat, source = up.flatten(-2), maps.flatten(-2)
-    low, high = flat.amin(-1)[..., None, None], flat.amax(-1)[..., None, None]
-    varies = (source.amax(-1) > source.amin(-1))[..., None, None] & (high > low)
-    return torch.where(varies, (up - low) / torch.where(varies, high - low, 1.0), 0.0)
-
-
-# sum_k of the weighted maps, by the weights' number of dimensions
-_WEIGHTED_SUM = {
-    2: "bn,bnhw->bhw",  # alpha_k A_k: one coefficient per map (Eq. 1)
-    4: "bnhw,bnhw->bhw",  # W_k o A_k: one weight per pixel of each map
-}
-
-
-def cam_map(weights: torch.Tensor, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``s(u(ReLU(sum_k alpha_k A_k)))`` (Eqs. 1 and 10): (B, N), (B, N, h, w) -> (B, H, W) in [0, 1].
-
-    ``weights`` is ``alpha`` (B, N), or per-pixel weights ``W`` (B, N, h, w), the maps' shape, for
-    ``s(u(ReLU(sum_k W_k o A_k)))``. A map that is constant (e.g. all zero after the ReLU) normalises
-    to zeros, never NaN.
-    """
-    if weights.shape not in (maps.shape[:2], maps.shape):
-        raise ValueError(f"weights must be alpha of shape {tuple(maps.shape[:2])} or per-pixel weights of the "
-                         f"maps' shape {tuple(maps.shape)}, got {tuple(weights.shape)}")
-    weighted = torch.einsum(_WEIGHTED_SUM[weights.dim()], weights.to(maps.dtype), maps).clamp_min(0)
-    return upsample_and_normalise(weighted[:, None], size)[:, 0]
-
-
-def saliency(method: str, split: CamSplit, x: torch.Tensor, target=None, **options) -> torch.Tensor:
-    """The explanation map of ``method``: shape (B, H, W), values in [0, 1]."""
-    rule = _method(method)
-    with eval_mode(split.net):
-        inputs = prepare(split, x, target)
-        weights = rule(inputs, **options)
-    return cam_map(weights, inputs.maps, tuple(x.shape[-2:]))

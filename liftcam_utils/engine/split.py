@@ -42,7 +42,7 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-class _CamTracer(fx.Tracer):
+class CamTracer(fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return isinstance(module, _LEAF_TYPES) or super().is_leaf_module(module, qualified_name)
 
@@ -55,7 +55,7 @@ def _trace(net: nn.Module) -> fx.Graph:
         graph.output(graph.graph_copy(net.graph, {}))
         return graph
     with eval_mode(net):  # trace in eval mode: train-only branches (drop-connect) are not recorded
-        return _CamTracer().trace(net)
+        return CamTracer().trace(net)
 
 
 def _check_single_input(net: nn.Module, graph: fx.Graph) -> None:

@@ -1,0 +1,50 @@
+"""A model ready for CAM: :class:`LoadedModel` (network, default layer, preprocessing, class names, weights)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..datasets.questions import Vocabulary
+from ..engine.split import CamSplit, split_model
+from .fixed_inputs import fix_inputs
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for CAM: ``net`` in eval mode, its default ``layer``, the ``preprocess``
+    transform (PIL image -> normalised (3, H, W) tensor), the class names, and the ``weights``
+    it was loaded with (so that ``load_model(name, weights)`` rebuilds it elsewhere)."""
+
+    name: str
+    net: nn.Module
+    layer: str
+    preprocess: Callable
+    categories: list[str]
+    weights: str | None = "default"
+    # VQA models: (question vocabulary, padded question length); ``question``: the fixed question
+    questions: tuple[Vocabulary, int] | None = None
+    question: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def fixed(self, question: str) -> LoadedModel:
+        """This VQA model with ``question`` fixed (paper Sec. 4.4): a model of the image alone whose
+        classes are the answers, ready for every method, metric and the batch runner."""
+        if self.questions is None:
+            raise ValueError(f"model {self.name!r} takes no question")
+        if self.question is not None:
+            raise ValueError(f"model {self.name!r} already has the question {self.question!r} fixed")
+        vocabulary, length = self.questions
+        tokens = vocabulary.encode(question, length)[None].to(self.device)
+        return dataclasses.replace(self, net=fix_inputs(self.net, tokens), question=question)
+
+    def split(self, layer: str | None = None) -> CamSplit:
+        """The model cut at ``layer`` (default: the model's default CAM layer)."""
+        return split_model(self.net, layer or self.layer)
