@@ -63,7 +63,7 @@ def _check_single_input(net: nn.Module, graph: fx.Graph) -> None:
     if len(names) > 1:
         raise ValueError(
             f"{type(net).__name__} takes {len(names)} inputs ({', '.join(names)}); CAM explains the first with "
-            f"the others fixed: cut liftcam_utils.fix_inputs(net, {', '.join(names[1:])}) instead "
+            f"the others fixed: cut liftcam_utils.models.fixed_inputs.fix_inputs(net, {', '.join(names[1:])}) instead "
             "(or use LoadedModel.fixed(question))"
         )
 
