@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .image_files import read_image_file
+
 
 @dataclass(frozen=True)
 class Box:
@@ -47,11 +49,12 @@ class ImageRecord:
         return self.labels[0]
 
     def image(self) -> Image.Image:
-        """The image as RGB."""
+        """The image as RGB. A file is opened only in an accepted format and within the size limits (checked from
+        its first bytes and header before decoding: :func:`~liftcam_utils.datasets.image_files.read_image_file`),
+        else :class:`ValueError` naming it."""
         if self.pixels is not None:
             return self.pixels.convert("RGB")
-        with Image.open(self.path) as image:
-            return image.convert("RGB")
+        return read_image_file(self.path)
 
 
 def select(dataset: Sequence[ImageRecord], n_images: int | None, seed: int) -> list[ImageRecord]:
