@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
-from liftcam_utils.datasets import Box
+from liftcam_utils.datasets import Box, ImageRecord
 from liftcam_utils.evaluation import metrics as M
 from liftcam_utils.models.registry import _imagenet_preprocess
 
@@ -415,3 +416,56 @@ def test_cosine_similarity_of_a_non_finite_row_is_nan():
     cosine = M.cosine_similarity(a, b)
     assert cosine[0].item() == pytest.approx(1.0) and cosine[1:].isnan().all()
     assert M.cosine_similarity(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0])).item() == 0  # a zero row: 0
+
+
+# Edge errors name what is valid
+
+
+def test_an_empty_batch_of_maps_is_refused():
+    for empty in (torch.zeros(0, 4, 4), torch.zeros(2, 0, 4)):
+        with pytest.raises(ValueError, match=r"saliency \(\d, \d, 4\) is empty: give at least one map"):
+            M.top_fraction_mask(empty, 0.5)
+        with pytest.raises(ValueError, match="is empty"):
+            M.bottom_fraction_mask(empty, 0.5)
+
+
+def test_a_record_without_labels_has_no_target_to_score():
+    """The evaluation takes each record's target from ``record.label``; ``labels=()`` says so instead of
+    'tuple index out of range'."""
+    record = ImageRecord(name="unlabelled", labels=(), pixels=Image.new("RGB", (4, 4)))
+    with pytest.raises(ValueError, match=r"record 'unlabelled' has no labels \(labels=\(\)\).*e\.g\. labels=\(3,\)"):
+        _ = record.label
+    assert ImageRecord(name="two", labels=(5, 2), pixels=Image.new("RGB", (4, 4))).label == 5
+
+
+def test_one_map_is_never_broadcast_over_a_batch():
+    """A (1, H, W) map with 2 images: every metric of a map refuses it, naming both shapes and the valid one."""
+    x = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    one = torch.rand(1, 3, 3, generator=torch.Generator().manual_seed(1))
+    target, baseline = torch.tensor([0, 0]), torch.zeros(1, 1, 1)
+    mismatch = r"\(1, 3, 3\) does not match the images \(2, 1, 3, 3\): expected one map per image, shape \(2, 3, 3\)"
+    with pytest.raises(ValueError, match="saliency " + mismatch):
+        M.confidence_scores(_net, x, one, target, baseline)
+    with pytest.raises(ValueError, match="saliency " + mismatch):
+        M.insertion_deletion_curves(_net, x, one, target, baseline)
+    with pytest.raises(ValueError, match="saliency " + mismatch):
+        M.road_curves(_net, x, one, target, noise=0.0)
+    with pytest.raises(ValueError, match="keep " + mismatch):
+        M.blend(x, one, baseline)
+
+
+def test_energy_pointing_game_refuses_signed_maps_and_masks_that_are_not_binary():
+    """Eq. 14 is the energy of a non-negative map inside the box over its total: the signed map below scored
+    10.0 and the mask of 0 / 7 values 3.5, neither a share."""
+    box = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    signed = torch.tensor([[[1.0, -0.5], [-0.3, -0.1]]])  # total 0.1, inside 1
+    with pytest.raises(ValueError, match=r"saliency has negative values \(minimum -0\.5\).*non-negative map"):
+        M.energy_pointing_game(signed, box)
+    s = torch.tensor([[[0.5, 0.2], [0.2, 0.1]]])  # total 1
+    for mask in (torch.tensor([[[7.0, 0.0], [0.0, 0.0]]]), torch.tensor([[[1.0, 0.5], [0.0, 0.0]]]),
+                 torch.tensor([[[1.0, math.nan], [0.0, 0.0]]])):
+        with pytest.raises(ValueError, match="box_mask must be binary, 0 outside and 1 inside the boxes"):
+            M.energy_pointing_game(s, mask)
+    assert M.energy_pointing_game(s, box.bool()).item() == pytest.approx(0.5)  # a boolean mask is binary
+    with pytest.raises(ValueError, match=r"saliency \(1, 2, 2\) and box mask \(1, 3, 3\) differ"):
+        M.energy_pointing_game(s, torch.zeros(1, 3, 3))
