@@ -45,7 +45,11 @@ class ImageRecord:
 
     @property
     def label(self) -> int:
-        """The first (for single-label datasets: the) class label."""
+        """The first (for single-label datasets: the) class label: the target of the metrics.
+        ``ValueError`` for a record without labels (``labels=()``), which has no target."""
+        if not self.labels:
+            raise ValueError(f"record {self.name!r} has no labels (labels=()), so it has no target class to "
+                             "explain and score; give it at least one class index, e.g. labels=(3,)")
         return self.labels[0]
 
     def image(self) -> Image.Image:
