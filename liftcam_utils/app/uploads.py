@@ -46,6 +46,11 @@ UPLOADS = ImageFilePolicy(
     formats=FORMATS, accepted=ACCEPTED, reader="this app", subject="",
     not_image=f"upload a {ACCEPTED} file", other_format=f"upload a {ACCEPTED} file (convert it first)",
     damaged=f"upload a complete {ACCEPTED} file", downscale="downscale it first", crop="crop it first")
+# the file types the upload button offers (its HTML ``accept``): each accepted format's suffixes and media type
+_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "GIF": (".gif",), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"),
+             "WEBP": (".webp",)}
+UPLOAD_ACCEPT = ",".join([*(suffix for format in FORMATS for suffix in _SUFFIXES[format]),
+                          *(f"image/{format.lower()}" for format in FORMATS)])
 _WHITE = (255, 255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TRANSFORMS = range(2, 9)  # the orientations 2-8 flip or rotate; 1 is upright
@@ -108,4 +113,4 @@ def read_uploaded_image(content: bytes, name: str = "upload") -> tuple[Image.Ima
     return _as_rgb(image, name, notes), notes
 
 
-__all__ = ["ACCEPTED", "FORMATS", "MAX_ASPECT", "MAX_PIXELS", "MAX_SIDE", "read_uploaded_image"]
+__all__ = ["ACCEPTED", "FORMATS", "UPLOAD_ACCEPT", "MAX_ASPECT", "MAX_PIXELS", "MAX_SIDE", "read_uploaded_image"]

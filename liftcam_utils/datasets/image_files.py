@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 MAX_SIDE = 8192
@@ -106,6 +107,26 @@ def detected_format(prefix: bytes, formats: tuple[str, ...] = FORMATS) -> str | 
     return next((format for format in candidates if _signature_matches(format, prefix)), None)
 
 
+_TIFF_SAMPLE_KINDS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 6: "complex floating-point"}
+
+
+def unreadable_tiff_samples(file: BinaryIO, start: int) -> str | None:
+    """What the first page of a TIFF holds, e.g. ``"3 channels of 32-bit floating-point samples"``, when tifffile
+    reads its header (so the file is a valid TIFF) although Pillow did not; None for a file tifffile cannot read
+    either (a damaged one). Only the header and the first page's tags are read, never the pixels."""
+    try:
+        file.seek(start)
+        with tifffile.TiffFile(file) as tiff:
+            page = tiff.pages.first
+            kind = _TIFF_SAMPLE_KINDS.get(int(page.sampleformat), f"sample format {int(page.sampleformat)}")
+            channels = f"{page.samplesperpixel} channel{'s' if page.samplesperpixel != 1 else ''}"
+            return f"{channels} of {page.bitspersample}-bit {kind} samples"
+    except Exception:  # tifffile raises many kinds on a damaged file: all mean "not a valid TIFF"
+        return None
+    finally:
+        file.seek(start)
+
+
 def open_checked(file: BinaryIO, name: str, policy: ImageFilePolicy) -> Image.Image:
     """The image in the binary ``file`` (named ``name`` in messages), opened lazily (header only) by the plugin of
     one of ``policy.formats``, its size within the policy's limits; :class:`ValueError` saying why not."""
@@ -120,6 +141,11 @@ def open_checked(file: BinaryIO, name: str, policy: ImageFilePolicy) -> Image.Im
             image = Image.open(file, formats=policy.formats)
     except UnidentifiedImageError as error:
         detected = detected_format(prefix, policy.formats)
+        if detected == "TIFF":
+            samples = unreadable_tiff_samples(file, start)
+            if samples is not None:  # a valid TIFF of samples Pillow has no mode for: not damaged
+                raise policy.refusal(name, f"is a TIFF of {samples}, which {policy.reader} does not read",
+                                     policy.other_format) from error
         if detected in policy.formats:  # its signature, then a header the plugin could not parse
             raise policy.refusal(name, f"is a damaged {detected} file (its header cannot be read)",
                                  policy.damaged) from error
