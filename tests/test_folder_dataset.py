@@ -10,6 +10,9 @@ from PIL import EpsImagePlugin, Image, ImageFile
 from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, ImageRecord, load_dataset, read_image_folder, select
 from liftcam_utils.datasets.embedded import skimage_photos
 from liftcam_utils.datasets.folder import IMAGENET_CATEGORIES, imagenet_class_index
+from liftcam_utils.datasets.synthetic_scenes import SCENE_CLASS_NAMES
+from liftcam_utils.datasets.synthetic_vqa import ANSWERS
+from liftcam_utils.evaluation import evaluate
 
 # tench and goldfish at their real indices 0 and 1, padded with made-up ids to 1000 in sorted order
 TENCH, GOLDFISH = "n01440764", "n01443537"
@@ -247,3 +250,29 @@ def test_netpbm_files_are_read(tmp_path):
     records = load_dataset("folder", data_dir=tmp_path)
     assert [r.name for r in records] == ["tench/a.ppm", "tench/b.pgm"]
     assert [(r.image().mode, r.image().size) for r in records] == [("RGB", (40, 30))] * 2
+
+
+def test_records_carry_their_label_space(tmp_path, lite0, shapes):
+    """Every dataset names the classes its labels index; a flat folder takes the labelling model's."""
+    assert all(r.classes == IMAGENET_CATEGORIES for r in load_dataset("photos"))
+    assert all(r.classes == SCENE_CLASS_NAMES == tuple(shapes.categories) for r in load_dataset("scenes", n_images=3))
+    assert all(r.classes == ANSWERS for r in load_dataset("vqa", n_images=5))
+    root = class_folders(tmp_path / "classes", ["goldfish"])
+    assert all(r.classes == IMAGENET_CATEGORIES for r in load_dataset("folder", data_dir=root))
+    write_image(tmp_path / "flat" / "a.png")
+    assert load_dataset("folder", data_dir=tmp_path / "flat", model=shapes)[0].classes == SCENE_CLASS_NAMES
+
+
+def test_a_folder_of_imagenet_classes_is_refused_by_a_model_of_other_classes(tmp_path, lite0, shapes):
+    """A goldfish/ folder is labelled 1 (ImageNet's goldfish); the scenes model's class 1 is a green square."""
+    records = load_dataset("folder", data_dir=class_folders(tmp_path, ["goldfish"]))
+    lite0.check_label_space(records)
+    message = (r"record 'goldfish/img_0.jpg' is labelled in a label space of 1000 classes \(tench, goldfish, great "
+               r"white shark, ...\), but model 'shapes_vgg' classifies 6 classes \(red circle, green square, blue "
+               r"triangle, ...\) \(label 1 is 'goldfish' there, 'green square' here\)")
+    with pytest.raises(ValueError, match=message):
+        shapes.check_label_space(records)
+    with pytest.raises(ValueError, match="label space of 1000 classes"):
+        evaluate(shapes, records, ["gradcam"], metrics=("faithfulness",))
+    with pytest.raises(ValueError, match="label space of 6 classes"):
+        evaluate(lite0, load_dataset("scenes", n_images=2), ["gradcam"], metrics=("faithfulness",))

@@ -441,3 +441,11 @@ def test_a_postscript_file_with_an_image_name_is_refused_without_ghostscript(rea
         reader(root)
     with pytest.raises(ValueError, match=refused):
         record.image()
+
+
+def test_each_reader_names_the_label_space_of_its_labels(imagenet_root, voc_root, coco_root):
+    """The labels index ImageNet's 1000 classes in torchvision's order, VOC's 20 and COCO's 80 (the paper's models'
+    classes: load_model's categories), so evaluate can refuse a model of other classes."""
+    assert {r.classes for r in read_imagenet_val(imagenet_root)} == {tuple(_IMAGENET_CATEGORIES)}
+    assert {r.classes for r in read_voc2007_test(voc_root)} == {VOC_CLASSES}
+    assert {r.classes for r in read_coco2014_val(coco_root)} == {COCO_CLASSES}

@@ -97,6 +97,7 @@ def test_vqa_v2_records(vqa_root):
         "vqa_42000", "vqa_42001", "vqa_42002", "vqa_73000", "vqa_262148000", "vqa_262148001"
     ]
     assert [r.labels for r in records] == [(5,), (4,), (1,), (3,), (6,), (7,)]
+    assert {r.classes for r in records} == {tuple(VOCABULARY)}  # the labels index the answer vocabulary
     assert [r.question for r in records] == [q[2] for q in VALID]
     assert all(r.boxes == () for r in records)
     for record, (image_id, *_rest) in zip(records, VALID, strict=True):

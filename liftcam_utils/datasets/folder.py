@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from ..engine.split import eval_mode
 from .image_files import read_image_file
-from .paper_data import _IMAGENET_SYNSET_FILE, _read_synsets
+from .paper_data import _IMAGENET_SYNSET_FILE, IMAGENET_CATEGORIES, _read_synsets
 from .records import ImageRecord, select
 
 
@@ -49,6 +48,7 @@ class LabellingModel(Protocol):
     name: str
     net: torch.nn.Module
     preprocess: Callable
+    categories: list[str]
     questions: object
     question: str | None
 
@@ -56,9 +56,6 @@ class LabellingModel(Protocol):
     def device(self) -> torch.device: ...
 
 
-IMAGENET_CATEGORIES: tuple[str, ...] = tuple(_IMAGENET_CATEGORIES)
-"""The 1000 ImageNet class names of the ImageNet models (torchvision's list, as ``load_model`` uses it);
-a class folder's label is its index here."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """Suffixes (compared in lower case) of the files read as images."""
@@ -161,7 +158,8 @@ def _class_folder_records(root: Path, folders: list[Path], n_images: int | None,
                        key=lambda path: path.relative_to(root).as_posix())
         if not paths:
             raise FileNotFoundError(f"class folder {str(folder)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        records += [ImageRecord(path.relative_to(root).as_posix(), (labels[folder],), path=path) for path in paths]
+        records += [ImageRecord(path.relative_to(root).as_posix(), (labels[folder],), path=path,
+                                 classes=IMAGENET_CATEGORIES) for path in paths]
     records.sort(key=lambda record: record.name)
     selected = select(records, n_images, seed)
     for record in selected:
@@ -192,8 +190,9 @@ def _flat_records(root: Path, files: list[Path], n_images: int | None, seed: int
             chunk = unlabelled[start:start + _PREDICT_BATCH]
             x = torch.stack([model.preprocess(read_image_file(record.path)) for record in chunk]).to(model.device)
             labels += model.net(x).argmax(1).tolist()
-    return [ImageRecord(record.name, (label,), path=record.path) for record, label in zip(unlabelled, labels,
-                                                                                           strict=True)]
+    classes = tuple(model.categories)  # the labels index the model's classes
+    return [ImageRecord(record.name, (label,), path=record.path, classes=classes)
+            for record, label in zip(unlabelled, labels, strict=True)]
 
 
 def _visible(folder: Path) -> list[Path]:

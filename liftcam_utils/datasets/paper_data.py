@@ -30,8 +30,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+
 from .image_files import check_image_file
 from .records import Box, ImageRecord
+
+IMAGENET_CATEGORIES: tuple[str, ...] = tuple(_IMAGENET_CATEGORIES)
+"""The 1000 ImageNet class names in the order of the ImageNet models (torchvision's list, as ``load_model`` uses it);
+the ImageNet readers' labels index this tuple."""
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -256,7 +262,8 @@ def read_imagenet_val(
             raise ValueError(f"annotation file {str(xml_path)!r} has no <object>; expected at least one")
         path = _image_file(image_dir, stem, _IMAGE_SUFFIXES, IMAGENET_LAYOUT)
         check_image_file(path)
-        records.append(ImageRecord(stem, tuple(sorted({b.label for b in boxes})), tuple(boxes), path))
+        records.append(ImageRecord(stem, tuple(sorted({b.label for b in boxes})), tuple(boxes), path,
+                                   classes=IMAGENET_CATEGORIES))
     return records
 
 
@@ -313,7 +320,7 @@ def read_voc2007_test(
             raise _missing("image file", path, VOC_LAYOUT)
         check_image_file(path)
         boxes = boxes_of[image_id]
-        records.append(ImageRecord(image_id, tuple(sorted({b.label for b in boxes})), boxes, path))
+        records.append(ImageRecord(image_id, tuple(sorted({b.label for b in boxes})), boxes, path, classes=VOC_CLASSES))
     return records
 
 
@@ -417,5 +424,5 @@ def read_coco2014_val(
         check_image_file(path)
         boxes = boxes_of[image_id]
         labels = tuple(sorted({b.label for b in boxes}))
-        records.append(ImageRecord(Path(file_name).stem, labels, boxes, path))
+        records.append(ImageRecord(Path(file_name).stem, labels, boxes, path, classes=COCO_CLASSES))
     return records

@@ -29,7 +29,7 @@ class ImageRecord:
 
     The pixels are read from ``path`` on demand, or held in ``pixels`` for generated images. A VQA
     record also holds its ``question``; its label is then the answer and its boxes are the objects
-    the question is about.
+    the question is about. ``classes`` names what the labels index (the dataset's label space).
     """
 
     name: str
@@ -38,6 +38,9 @@ class ImageRecord:
     path: Path | None = None
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
     question: str | None = None
+    # the label space: the names of the classes that ``labels`` index (e.g. the 1000 ImageNet classes); None where
+    # unknown. A model classifies into its own ``categories``, and ``evaluate`` refuses records of another space.
+    classes: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if (self.path is None) == (self.pixels is None):

@@ -144,5 +144,5 @@ def read_vqa_v2(
             check_image_file(path)  # format and size from the header; record.image() decodes it
             checked.add(path)
         records.append(ImageRecord(name=f"vqa_{question['question_id']}", labels=(label,), path=path,
-                                   question=question["question"]))
+                                   question=question["question"], classes=tuple(answers)))
     return records
