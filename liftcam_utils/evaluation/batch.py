@@ -9,10 +9,12 @@ baseline, the reference method and the code version. Files are written atomicall
 reads them and an interrupted run resumes; a damaged file is recomputed, with a warning naming it,
 and rewritten. Shards run in this process by default, or on a Dask cluster
 (``dask_scheduler="local"`` starts one on this machine; an address such as
-``"tcp://10.0.0.5:8786"`` uses an existing one), where each worker loads the model once.
+``"tcp://10.0.0.5:8786"`` uses an existing one). The model is sent to the workers as it is in
+this process, weights included, so they compute exactly what this process would.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -38,7 +40,7 @@ from ..engine.cam_map import cam_map
 from ..engine.split import eval_mode
 from ..files import write_atomically
 from ..methods import METHODS
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
 from . import metrics as M
 
 METRICS = ("faithfulness", "insertion_deletion", "road", "pointing", "cosine")
@@ -178,15 +180,24 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
     return results
 
 
-@functools.lru_cache(maxsize=2)
-def _worker_model(name: str, weights: str, device: str | None) -> LoadedModel:
-    """On a Dask worker: the model, loaded once per worker process."""
-    return load_model(name, weights=weights, device=device)
+# on a Dask worker: network received -> {device: the model moved there}, made once per worker and device
+_device_copies: weakref.WeakKeyDictionary[nn.Module, dict[str, LoadedModel]] = weakref.WeakKeyDictionary()
 
 
-def _remote_shard(name, weights, device, layer, records, specs, metrics, absent, reference):
-    model = _worker_model(name, weights, device)
-    return _shard_rows(model, layer, records, specs, metrics, absent, reference)
+def _on_device(model: LoadedModel, device: str) -> LoadedModel:
+    """``model`` on ``device``: itself when it is there, else a copy moved there (kept for later shards).
+    The received model is never moved in place: an in-process worker shares it with the caller."""
+    if model.device == torch.device(device):
+        return model
+    copies = _device_copies.setdefault(model.net, {})
+    if device not in copies:
+        copies[device] = dataclasses.replace(model, net=copy.deepcopy(model.net).to(device))
+    return copies[device]
+
+
+def _remote_shard(model, device, layer, records, specs, metrics, absent, reference):
+    """On a Dask worker: :func:`_shard_rows` with the model this process sent, on ``device``."""
+    return _shard_rows(_on_device(model, device), layer, records, specs, metrics, absent, reference)
 
 
 @dataclass
@@ -329,7 +340,8 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     similarity to the ``reference`` method's alpha, e.g.
     ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
     removed pixel (see :mod:`liftcam_utils.evaluation.metrics`). The target of each image is its first label.
-    ``device`` applies to Dask workers; in this process the model's own device is used.
+    ``device``: where Dask workers compute (default: the model's device); in this process the model's own
+    device is used.
 
     ``cache_dir``: a folder of cached results, one JSON file per (shard of ``shard_size`` images,
     method), keyed as described in this module's docstring. Files found there are read instead of
@@ -392,18 +404,21 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
 
 
 def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar) -> None:
+    """Compute the shards of ``todo`` on Dask workers. The model itself (network with its weights as they are
+    now in this process, preprocessing, vocabulary) is sent to every worker once, on the CPU; each worker
+    moves it to ``device`` (default: the model's device here)."""
     from dask.distributed import Client, LocalCluster, as_completed
 
-    if model.weights is None:
-        raise ValueError("a randomly initialised model (weights=None) cannot be rebuilt identically on Dask "
-                         "workers; save its state dict and load the model with weights=<that file>")
+    device = str(device or model.device)
+    sent = model if model.device.type == "cpu" else dataclasses.replace(model, net=copy.deepcopy(model.net).cpu())
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) \
         if scheduler == "local" else None
     client = Client(cluster if cluster is not None else scheduler)
     try:
+        remote_model = client.scatter(sent, broadcast=True, hash=False)
         futures = {}
         for index, shard, missing in todo:
-            future = client.submit(_remote_shard, model.name, model.weights, device, layer, shard, missing,
+            future = client.submit(_remote_shard, remote_model, device, layer, shard, missing,
                                    metrics, absent, reference_spec, pure=False)
             futures[future] = (index, shard)
         for future in as_completed(futures):
