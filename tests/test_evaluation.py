@@ -21,6 +21,7 @@ from liftcam_utils.datasets.embedded import foolbox_imagenet
 from liftcam_utils.datasets.synthetic_scenes import make_scenes
 from liftcam_utils.datasets.synthetic_vqa import make_vqa
 from liftcam_utils.evaluation import batch as E
+from liftcam_utils.evaluation import cache as C
 from liftcam_utils.evaluation import metrics as M
 from liftcam_utils.files import write_atomically
 
@@ -183,7 +184,7 @@ def test_json_round_trip_is_exact():
     frame = pd.DataFrame({"image": ["a", "b", "c"], "target": [0, 7, 2], "method": "SHAP-CAM_10",
                           "seconds": 0.1 + 0.2, "AD": [1 / 3, np.nan, 1e-300], "IC": [np.inf, -0.0, 2 / 7],
                           "insertion_curve": [[0.1, 1 / 3], [2 / 7, 0.5], [1e-300, 1.0]]})
-    pd.testing.assert_frame_equal(E.frame_from_json(E.frame_to_json(frame)), frame, check_exact=True)
+    pd.testing.assert_frame_equal(C.frame_from_json(C.frame_to_json(frame)), frame, check_exact=True)
 
 
 def test_rerun_reads_the_cache_exactly(tiny_model, records, tmp_path, computed):
@@ -215,7 +216,7 @@ def test_changed_records_are_recomputed(tiny_model, records, tmp_path, computed)
 def test_weights_changed_in_place_are_recomputed(tiny_model, records, tmp_path, computed):
     before = _cached_run(tiny_model, records[:2], ["liftcam"], tmp_path)
     copied = dataclasses.replace(tiny_model, net=copy.deepcopy(tiny_model.net))
-    assert E.weights_digest(copied) == E.weights_digest(tiny_model)  # the contents count, not the object
+    assert C.weights_digest(copied.net) == C.weights_digest(tiny_model.net)  # the contents count, not the object
     computed.clear()
     with torch.no_grad():
         tiny_model.net.fc.bias[0] += 1.0  # same name and weights argument, other weights
@@ -255,6 +256,88 @@ def test_each_label_of_a_method_has_its_own_entry(tiny_model, records, tmp_path,
     pd.testing.assert_frame_equal(again, rows, check_exact=True)
 
 
+def _relu_to_softplus(model):
+    model.net.features[1] = nn.Softplus()
+
+
+def _average_to_max_pool(model):
+    model.net.pool = nn.AdaptiveMaxPool2d(1)
+
+
+def _wider_padding(model):
+    model.net.features[0].padding = (2, 2)
+
+
+def _dilation(model):
+    model.net.features[0].dilation = (2, 2)
+
+
+def _other_preprocess(model):
+    model.preprocess = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.ToTensor(),
+                                           transforms.Normalize((0.4, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
+def _assign_data(model):
+    model.net.fc.bias.data = model.net.fc.bias.data + 1.0
+
+
+def _copy_into_data(model):
+    model.net.fc.weight.data.copy_(model.net.fc.weight.data * 2.0)
+
+
+def _write_through_numpy(model):
+    model.net.fc.bias.detach().numpy()[0] += 1.0
+
+
+def _half_then_float(model):
+    model.net.half().float()
+
+
+@pytest.mark.parametrize("change", [_relu_to_softplus, _average_to_max_pool, _wider_padding, _dilation,
+                                    _other_preprocess, _assign_data, _copy_into_data, _write_through_numpy,
+                                    _half_then_float], ids=lambda change: change.__name__.strip("_"))
+def test_a_changed_model_is_recomputed(tiny_model, records, tmp_path, computed, change):
+    """Every change to what the model computes, including weight writes that PyTorch does not count, is a new key."""
+    _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+    change(tiny_model)
+    computed.clear()
+    _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+    assert computed == [(["img0"], ["gradcam"])] and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.fixture
+def global_forward_hook():
+    handle = nn.modules.module.register_module_forward_hook(lambda module, inputs, output: output)
+    yield
+    handle.remove()
+
+
+@pytest.mark.parametrize("hook", [
+    lambda model: model.net.fc.register_forward_hook(lambda module, inputs, output: output * 2),
+    lambda model: model.net.features[0].register_forward_pre_hook(lambda module, inputs: (inputs[0] * 2,)),
+    lambda model: model.net.register_full_backward_hook(lambda module, grad_in, grad_out: None),
+], ids=["forward", "forward-pre", "backward"])
+def test_a_network_with_hooks_is_refused_by_the_cache(tiny_model, records, tmp_path, hook):
+    hook(tiny_model)
+    with pytest.raises(ValueError, match="has hooks registered .*remove the hooks .* or evaluate without cache_dir"):
+        _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_global_module_hook_is_refused_by_the_cache(tiny_model, records, tmp_path, global_forward_hook):
+    with pytest.raises(ValueError, match="global module hooks are registered"):
+        _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+
+
+@pytest.mark.parametrize("value", [torch.tensor(0.25), np.array(0.25), (0.25,), Box(0, 0, 0, 1, 1), [np.int64(1)]],
+                         ids=["tensor", "array", "tuple", "object", "numpy-int-in-list"])
+def test_method_options_must_be_json_values(tiny_model, records, value):
+    """``tensor(0.2500)`` prints alike for many values: no option whose text in a key is not exact."""
+    with pytest.raises(TypeError, match=r"option 'epsilon' of 'LRP'.* must be JSON values: str, int, float, bool, "
+                                        r"None, and lists and dicts"):
+        E.evaluate(tiny_model, records, {"LRP": ("lrpcam", {"epsilon": value})}, progress=False)
+
+
 def _drop_a_column(text):
     stored = json.loads(text)
     stored["columns"] = [c for c in stored["columns"] if c["name"] != "AD"]
@@ -291,8 +374,8 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_atomically(target, crash)
     assert [p.name for p in tmp_path.iterdir()] == ["x.pkl"] and target.read_text() == "the complete old result"
-    write_atomically(target, functools.partial(E._write_frame, pd.DataFrame({"a": [1]})))
-    assert E.frame_from_json(target.read_text())["a"].tolist() == [1] and oct(target.stat().st_mode)[-3:] == "644"
+    write_atomically(target, functools.partial(C.write_frame, pd.DataFrame({"a": [1]})))
+    assert C.frame_from_json(target.read_text())["a"].tolist() == [1] and oct(target.stat().st_mode)[-3:] == "644"
 
 
 def test_box_mask_follows_resize_and_crop():

@@ -2,26 +2,24 @@
 
 ``evaluate`` splits the image selection into shards. For each shard the body runs once and its
 maps ``A`` are shared by all methods. With a ``cache_dir`` each (shard, method) result is stored
-as one JSON file, named by a hash of everything that determines it: the model's name, weights
-argument and a hash of its weights' contents, the layer, the shard's images (each record's name,
-pixels, labels, boxes and question), the method's row label, name and options, the metrics, the
-baseline, the reference method and the code version. Files are written atomically, so a rerun
-reads them and an interrupted run resumes; a damaged file is recomputed, with a warning naming it,
-and rewritten. Shards run in this process by default, or on a Dask cluster
-(``dask_scheduler="local"`` starts one on this machine; an address such as
-``"tcp://10.0.0.5:8786"`` uses an existing one). The model is sent to the workers as it is in
-this process, weights included, so they compute exactly what this process would.
+as one JSON file, named by a hash of everything that determines it (:mod:`.cache`: the network's
+structure and the bytes of its weights, the preprocessing, the layer, the shard's images, the
+method's label, name and options, the metrics, the baseline, the reference method and the code
+version). Files are written atomically, so a rerun reads them and an interrupted run resumes; a
+damaged file is recomputed, with a warning naming it, and rewritten. Shards run in this process
+by default, or on a Dask cluster (``dask_scheduler="local"`` starts one on this machine; an
+address such as ``"tcp://10.0.0.5:8786"`` uses an existing one). The model is sent to the
+workers as it is in this process, weights included, so they compute exactly what this process
+would.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from ..files import write_atomically
 from ..methods import METHODS
 from ..models import LoadedModel
 from . import metrics as M
+from .cache import cache_key, code_version, model_fingerprint, read_cached, record_digest, write_frame
 
 METRICS = ("faithfulness", "insertion_deletion", "road", "pointing", "cosine")
 # summary column -> how the rows are averaged
@@ -55,39 +54,67 @@ METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
                   "pointing": ("pointing",), "cosine": ("cosine",)}
 
 
+JSON_SCALARS = (str, int, float, bool, type(None))
+VALID_OPTION_TYPES = "str, int, float, bool, None, and lists and dicts (with str keys) of them"
+
+
+def _check_json_value(value, where: str) -> None:
+    """``TypeError`` naming ``where`` unless ``value`` is a JSON scalar, or a list or a dict with str keys of
+    JSON values: only such options have one exact text in a cache key (``tensor(0.2500)`` has many values)."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json_value(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has the key {key!r} of type {type(key).__name__}; dict keys must be str")
+            _check_json_value(item, f"{where}[{key!r}]")
+    elif not isinstance(value, JSON_SCALARS):
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}; method options must "
+                        f"be JSON values: {VALID_OPTION_TYPES}")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A row label, the registered method and its options (e.g. SHAP-CAM with P orderings)."""
+    """A row label, the registered method and its options (e.g. SHAP-CAM with P orderings), the options
+    as JSON text with sorted keys: one text per set of options, and hashable."""
 
     label: str
     method: str
-    options: tuple[tuple[str, object], ...] = ()
+    options_json: str = "{}"
 
     @property
     def kwargs(self) -> dict:
-        return dict(self.options)
+        """The options, as keyword arguments of the method (a fresh copy on each call)."""
+        return json.loads(self.options_json)
+
+    @property
+    def description(self) -> dict:
+        """The spec as a part of a cache key."""
+        return {"label": self.label, "method": self.method, "options": self.options_json}
+
+
+def _method_spec(label: str, method: str, options: Mapping) -> MethodSpec:
+    """The spec of ``method`` with ``options`` under the row label ``label``, its options checked."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"the options of {label!r} must be a dict of keyword arguments, got "
+                        f"{type(options).__name__}")
+    for name, value in options.items():
+        _check_json_value(value, f"option {name!r} of {label!r}")
+    return MethodSpec(label, method, json.dumps(dict(options), sort_keys=True))
 
 
 def method_specs(methods: Sequence[str] | Mapping[str, tuple[str, dict]]) -> list[MethodSpec]:
-    """``["gradcam", "liftcam"]`` or ``{"SHAP-CAM_10": ("shapcam", {"n_permutations": 10})}``."""
+    """``["gradcam", "liftcam"]`` or ``{"SHAP-CAM_10": ("shapcam", {"n_permutations": 10})}``; option
+    values must be JSON values (``TypeError`` naming the option otherwise)."""
     if isinstance(methods, Mapping):
-        specs = [MethodSpec(label, name, tuple(sorted(options.items())))
-                 for label, (name, options) in methods.items()]
+        specs = [_method_spec(label, name, options) for label, (name, options) in methods.items()]
     else:
         specs = [MethodSpec(name, name) for name in methods]
     for spec in specs:
         if spec.method not in METHODS:
             raise ValueError(f"unknown method {spec.method!r}; valid methods: {', '.join(METHODS)}")
     return specs
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of the package's source: results computed by other code never count as cached."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parents[1].rglob("*.py")):  # the whole liftcam_utils package
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def box_mask_after_preprocess(record: ImageRecord, preprocess, label: int, size) -> torch.Tensor:
@@ -223,98 +250,6 @@ def paper_table(rows_by_dataset: Mapping[str, pd.DataFrame], metric: str) -> pd.
     return pd.DataFrame(columns).reindex(order)
 
 
-# network -> (its state dict's tensors with their version counters, the hash of their contents)
-_weights_digests: weakref.WeakKeyDictionary[nn.Module, tuple[list, str]] = weakref.WeakKeyDictionary()
-
-
-def weights_digest(model: LoadedModel) -> str:
-    """A hash of the contents of ``model.net``'s weights: every tensor of its state dict, by name,
-    dtype, shape and bytes.
-
-    Memoised per network; it is recomputed when a tensor has been replaced or changed in place
-    (PyTorch's version counter, which in-place ops, optimisers and ``load_state_dict`` advance).
-    A change written through ``tensor.data`` bypasses that counter and is not seen.
-    """
-    tensors = [(name, tensor, tensor._version) for name, tensor in model.net.state_dict(keep_vars=True).items()]
-    memo = _weights_digests.get(model.net)
-    if memo is not None and len(memo[0]) == len(tensors) and all(
-            name == old_name and tensor is old_tensor and version == old_version
-            for (name, tensor, version), (old_name, old_tensor, old_version) in zip(tensors, memo[0], strict=True)):
-        return memo[1]
-    digest = hashlib.sha256()
-    for name, tensor, _ in tensors:
-        data = tensor.detach().cpu().contiguous()
-        digest.update(json.dumps([name, str(data.dtype), list(data.shape)]).encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy())
-    _weights_digests[model.net] = (tensors, digest.hexdigest())
-    return digest.hexdigest()
-
-
-def record_digest(record: ImageRecord) -> str:
-    """A hash of all a record gives its rows: its name, RGB pixels, labels, boxes and question."""
-    image = record.image()
-    description = json.dumps({
-        "name": record.name, "labels": list(record.labels), "boxes": [dataclasses.astuple(b) for b in record.boxes],
-        "question": record.question, "size": list(image.size),
-    }, default=str)
-    digest = hashlib.sha256(description.encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
-def _cache_key(model: LoadedModel, weights: str, layer: str, spec: MethodSpec, metrics, absent, reference,
-               images: Sequence[str]) -> str:
-    """The name of the cache file of ``spec`` on a shard: ``weights`` is the model's
-    :func:`weights_digest`, ``images`` the shard's :func:`record_digest` values."""
-    description = json.dumps({
-        "model": model.name, "weights": model.weights, "weights_digest": weights, "layer": layer,
-        "label": spec.label, "method": spec.method, "options": [list(o) for o in spec.options],
-        "metrics": list(metrics), "absent": absent,
-        "reference": None if reference is None else [reference.method, [list(o) for o in reference.options]],
-        "images": list(images), "code": code_version(),
-    }, sort_keys=True, default=str)
-    return hashlib.sha256(description.encode()).hexdigest()[:24]
-
-
-def frame_to_json(frame: pd.DataFrame) -> str:
-    """``frame`` (default index) as JSON that :func:`frame_from_json` reads back exactly: each
-    column's name, dtype and values, floats as their shortest exact decimal (``NaN`` for NaN)."""
-    return json.dumps({"columns": [{"name": name, "dtype": str(column.dtype), "values": column.tolist()}
-                                   for name, column in frame.items()]})
-
-
-def frame_from_json(text: str) -> pd.DataFrame:
-    """The frame :func:`frame_to_json` wrote; ``ValueError``, ``KeyError`` or ``TypeError`` when
-    ``text`` is not such a file (not JSON, truncated, columns of unequal length or unknown dtype)."""
-    columns = json.loads(text)["columns"]
-    values = pd.DataFrame({column["name"]: column["values"] for column in columns})
-    return values.astype({column["name"]: column["dtype"] for column in columns})
-
-
-def _write_frame(frame: pd.DataFrame, path: str) -> None:
-    Path(path).write_text(frame_to_json(frame))
-
-
-def _read_cached(path: Path, shard: list[ImageRecord], spec: MethodSpec, columns: list[str]) -> pd.DataFrame | None:
-    """The rows of ``spec`` on ``shard`` cached in ``path``; None when there is no such file, and
-    when the file is damaged (then with a warning that names it)."""
-    if not path.is_file():
-        return None
-    try:
-        frame = frame_from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as error:
-        problem = f"unreadable: {type(error).__name__}: {error}"
-    else:
-        if list(frame.columns) != columns:
-            problem = f"columns {list(frame.columns)}, expected {columns}"
-        elif frame["image"].tolist() != [r.name for r in shard] or (frame["method"] != spec.label).any():
-            problem = f"its rows are not those of {spec.label!r} on this shard's images"
-        else:
-            return frame
-    warnings.warn(f"cache file {path} is damaged ({problem}); recomputing it", stacklevel=3)
-    return None
-
-
 def _shards(records: list[ImageRecord], shard_size: int) -> Iterable[list[ImageRecord]]:
     for start in range(0, len(records), shard_size):
         yield records[start:start + shard_size]
@@ -364,11 +299,12 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     shards = list(_shards(records, shard_size))
     files: dict[tuple[int, MethodSpec], Path] = {}
     if cache_dir is not None:
-        weights = weights_digest(model)
+        run = {"model": model_fingerprint(model, layer), "metrics": list(metrics), "absent": absent,
+               "reference": None if reference_spec is None else reference_spec.description, "code": code_version()}
         for index, shard in enumerate(shards):
             images = [record_digest(r) for r in shard]
             for spec in specs:
-                key = _cache_key(model, weights, layer, spec, metrics, absent, reference_spec, images)
+                key = cache_key({**run, "images": images, "method": spec.description})
                 files[index, spec] = Path(cache_dir) / f"{key}.json"
     columns = [*ROW_COLUMNS, *(column for metric in metrics for column in METRIC_COLUMNS[metric])]
 
@@ -377,7 +313,8 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     for index, shard in enumerate(shards):
         missing = []
         for spec in specs:
-            cached = _read_cached(files[index, spec], shard, spec, columns) if cache_dir is not None else None
+            cached = (read_cached(files[index, spec], [r.name for r in shard], spec.label, columns)
+                      if cache_dir is not None else None)
             if cached is None:
                 missing.append(spec)
             else:
@@ -388,7 +325,7 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     def store(index, shard, results):
         for spec, frame in results.items():
             if cache_dir is not None:
-                write_atomically(files[index, spec], functools.partial(_write_frame, frame))
+                write_atomically(files[index, spec], functools.partial(write_frame, frame))
             done[index, spec] = frame
 
     bar = tqdm(total=sum(len(s) for _, s, _ in todo), desc="images", unit="img", disable=not progress)
