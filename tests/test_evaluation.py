@@ -344,23 +344,86 @@ def _drop_a_column(text):
     return json.dumps(stored)
 
 
-@pytest.mark.parametrize("damage", [lambda text: text[:len(text) // 2], lambda text: "not json at all",
-                                    _drop_a_column], ids=["truncated", "not-json", "wrong-columns"])
-def test_a_damaged_file_is_recomputed_with_a_warning(tiny_model, records, tmp_path, computed, damage):
-    good = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+def _edit_column(name, **entries):
+    """A damage: the stored column ``name`` with new ``entries`` (a callable gets the old entry)."""
+    def damage(text):
+        stored = json.loads(text)
+        [column] = [c for c in stored["columns"] if c["name"] == name]
+        for key, value in entries.items():
+            column[key] = value(column[key]) if callable(value) else value
+        return json.dumps(stored)
+    return damage
+
+
+SCORES, CURVES = ("faithfulness", "pointing"), ("insertion_deletion",)
+DAMAGES = {  # name: (damage, metrics of the run)
+    "truncated": (lambda text: text[:len(text) // 2], SCORES),
+    "not-json": (lambda text: "not json at all", SCORES),
+    "wrong-columns": (_drop_a_column, SCORES),
+    "nan": (_edit_column("Y", values=lambda values: [np.nan, *values[1:]]), SCORES),
+    "inf": (_edit_column("AD", values=lambda values: [values[0], np.inf]), SCORES),
+    "scalar-for-every-row": (_edit_column("Y", values=0.5), SCORES),
+    "wrong-target": (_edit_column("target", values=[0, 2]), SCORES),
+    "short-curve": (_edit_column("insertion_curve", values=lambda curves: [curves[0][:40], curves[1]]), CURVES),
+    "nested-curve": (_edit_column("deletion_curve", values=lambda curves: [[curves[0]], curves[1]]), CURVES),
+    "dtype-object": (_edit_column("Y", dtype="object"), SCORES),
+    "dtype-category": (_edit_column("AD", dtype="category"), SCORES),
+    "deep-nesting": (lambda text: "[" * 100_000 + "]" * 100_000, SCORES),
+}
+
+
+def _one_shard_run(model, records, cache_dir, metrics=SCORES):
+    return E.evaluate(model, records[:2], ["liftcam"], metrics=metrics, shard_size=2, cache_dir=cache_dir,
+                      progress=False).rows
+
+
+@pytest.mark.parametrize(("damage", "metrics"), DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_file_is_recomputed_with_a_warning(tiny_model, records, tmp_path, computed, damage, metrics):
+    run = functools.partial(_one_shard_run, tiny_model, records, tmp_path, metrics)
+    good = run()
     [file] = tmp_path.iterdir()
     file.write_text(damage(file.read_text()))
     computed.clear()
     with pytest.warns(UserWarning, match=f"cache file .*{file.name} is damaged"):
-        redone = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+        redone = run()
     assert len(computed) == 1
     pd.testing.assert_frame_equal(redone.drop(columns="seconds"), good.drop(columns="seconds"))
     computed.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        reread = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+        reread = run()
     assert computed == [] and list(tmp_path.iterdir()) == [file]  # overwritten with a good file
     pd.testing.assert_frame_equal(reread, redone, check_exact=True)
+
+
+def test_a_folder_at_a_cache_path_is_left_alone_and_its_rows_recomputed(tiny_model, records, tmp_path, computed):
+    good = _one_shard_run(tiny_model, records, tmp_path)
+    [file] = tmp_path.iterdir()
+    file.unlink()
+    file.mkdir()
+    computed.clear()
+    with pytest.warns(UserWarning, match=f"cache path .*{file.name} is not a file") as caught:
+        redone = _one_shard_run(tiny_model, records, tmp_path)
+    assert any("rows not stored" in str(w.message) for w in caught)
+    assert len(computed) == 1 and list(tmp_path.iterdir()) == [file] and list(file.iterdir()) == []
+    pd.testing.assert_frame_equal(redone.drop(columns="seconds"), good.drop(columns="seconds"))
+
+
+def test_undefined_metrics_are_read_back_from_the_cache(tiny_model, records, tmp_path, computed):
+    """NaN means "undefined" for the pointing game (no box of the target) and the cosine (per-pixel weights)."""
+    def run():
+        return E.evaluate(tiny_model, [dataclasses.replace(records[0], boxes=())], ["hirescam"],
+                          metrics=("pointing", "cosine"), reference=("exact_shap", {}), cache_dir=tmp_path,
+                          progress=False).rows
+
+    first = run()
+    assert first[["pointing", "cosine"]].isna().all().all()
+    computed.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = run()
+    assert computed == []
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -36,11 +35,10 @@ from ..datasets.records import ImageRecord, select
 from ..engine.cam_input import prepare
 from ..engine.cam_map import cam_map
 from ..engine.split import eval_mode
-from ..files import write_atomically
 from ..methods import METHODS
 from ..models import LoadedModel
 from . import metrics as M
-from .cache import cache_key, code_version, model_fingerprint, read_cached, record_digest, write_frame
+from .cache import ExpectedRows, cache_key, code_version, model_fingerprint, read_cached, record_digest, store
 
 METRICS = ("faithfulness", "insertion_deletion", "road", "pointing", "cosine")
 # summary column -> how the rows are averaged
@@ -52,6 +50,11 @@ METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
                   "insertion_deletion": ("insertion_auc", "deletion_auc", "insertion_curve", "deletion_curve"),
                   "road": ("road_morf", "road_lerf", "road_morf_curve", "road_lerf_curve"),
                   "pointing": ("pointing",), "cosine": ("cosine",)}
+# the points of each curve column, and the columns that are NaN where the metric is undefined (a target with no
+# box, a method with per-pixel weights); every other number is finite
+CURVE_POINTS = {"insertion_curve": len(M.DELTAS), "deletion_curve": len(M.DELTAS),
+                "road_morf_curve": len(M.ROAD_FRACTIONS), "road_lerf_curve": len(M.ROAD_FRACTIONS)}
+UNDEFINED_AS_NAN = ("pointing", "cosine")
 
 
 JSON_SCALARS = (str, int, float, bool, type(None))
@@ -280,8 +283,11 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
 
     ``cache_dir``: a folder of cached results, one JSON file per (shard of ``shard_size`` images,
     method), keyed as described in this module's docstring. Files found there are read instead of
-    recomputed; missing ones are computed and written atomically; a damaged one (truncated, not
-    JSON, other columns or rows) is recomputed with a warning naming it and overwritten.
+    recomputed; missing ones are computed and written atomically; a damaged one (unreadable, or not
+    the rows this run expects: other columns or dtypes, images, targets or method, a number that
+    must be finite and is not, a curve of another length) is recomputed with a warning naming it
+    and overwritten. Something other than a file at a file's path (a folder) is left alone: its
+    rows are recomputed and not stored, with a warning.
     """
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
@@ -313,8 +319,9 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     for index, shard in enumerate(shards):
         missing = []
         for spec in specs:
-            cached = (read_cached(files[index, spec], [r.name for r in shard], spec.label, columns)
-                      if cache_dir is not None else None)
+            cached = None if cache_dir is None else read_cached(files[index, spec], ExpectedRows(
+                spec.label, tuple(r.name for r in shard), tuple(r.label for r in shard), tuple(columns),
+                tuple((c, n) for c, n in CURVE_POINTS.items() if c in columns), UNDEFINED_AS_NAN))
             if cached is None:
                 missing.append(spec)
             else:
@@ -322,25 +329,25 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
         if missing:
             todo.append((index, shard, missing))
 
-    def store(index, shard, results):
+    def keep(index, shard, results):
         for spec, frame in results.items():
             if cache_dir is not None:
-                write_atomically(files[index, spec], functools.partial(write_frame, frame))
+                store(files[index, spec], frame)
             done[index, spec] = frame
 
     bar = tqdm(total=sum(len(s) for _, s, _ in todo), desc="images", unit="img", disable=not progress)
     if dask_scheduler is None:
         for index, shard, missing in todo:
-            store(index, shard, _shard_rows(model, layer, shard, missing, metrics, absent, reference_spec))
+            keep(index, shard, _shard_rows(model, layer, shard, missing, metrics, absent, reference_spec))
             bar.update(len(shard))
     else:
-        _run_on_dask(dask_scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar)
+        _run_on_dask(dask_scheduler, model, device, layer, todo, metrics, absent, reference_spec, keep, bar)
     bar.close()
     rows = pd.concat([done[i, spec] for spec in specs for i in range(len(shards))], ignore_index=True)
     return Evaluation(rows=rows, summary=summarize(rows))
 
 
-def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar) -> None:
+def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, keep, bar) -> None:
     """Compute the shards of ``todo`` on Dask workers. The model itself (network with its weights as they are
     now in this process, preprocessing, vocabulary) is sent to every worker once, on the CPU; each worker
     moves it to ``device`` (default: the model's device here)."""
@@ -360,7 +367,7 @@ def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, referen
             futures[future] = (index, shard)
         for future in as_completed(futures):
             index, shard = futures[future]
-            store(index, shard, future.result())
+            keep(index, shard, future.result())
             bar.update(len(shard))
     finally:
         client.close()

@@ -21,9 +21,12 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -31,12 +34,14 @@ from torch.nn.modules import module as torch_module
 
 from ..datasets.records import ImageRecord
 from ..engine.split import CamTracer, eval_mode
+from ..files import write_atomically
 from ..models import LoadedModel
 
 # the hooks a module keeps, and the global ones every module runs (torch.nn.modules.module)
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 GLOBAL_HOOK_DICTS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                      "_global_backward_pre_hooks")
+TEXT_DTYPE = str(pd.Series(["text"]).dtype)  # the dtype pandas gives a column of str
 
 
 @functools.lru_cache(maxsize=1)
@@ -143,9 +148,22 @@ def frame_to_json(frame: pd.DataFrame) -> str:
 
 
 def frame_from_json(text: str) -> pd.DataFrame:
-    """The frame :func:`frame_to_json` wrote; ``ValueError``, ``KeyError`` or ``TypeError`` when
-    ``text`` is not such a file (not JSON, truncated, columns of unequal length or unknown dtype)."""
-    columns = json.loads(text)["columns"]
+    """The frame :func:`frame_to_json` wrote. ``ValueError`` when ``text`` is not such a file: not
+    JSON, truncated, a column other than a str name, a str dtype and a list of values (e.g. a single
+    value, which pandas would broadcast to every row), or columns of unequal length; the conversion to a
+    stored dtype may raise ``TypeError`` or ``OverflowError`` as well. Too deep nesting raises
+    ``RecursionError``."""
+    stored = json.loads(text)
+    columns = stored.get("columns") if isinstance(stored, dict) else None
+    if not isinstance(columns, list):
+        raise ValueError("not a frame: expected an object with a list of 'columns'")
+    for column in columns:
+        if not (isinstance(column, dict) and isinstance(column.get("name"), str)
+                and isinstance(column.get("dtype"), str) and isinstance(column.get("values"), list)):
+            raise ValueError(f"not a column (a str 'name', a str 'dtype' and a list of 'values'): {str(column)[:80]}")
+    lengths = {column["name"]: len(column["values"]) for column in columns}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns of unequal length: {lengths}")
     values = pd.DataFrame({column["name"]: column["values"] for column in columns})
     return values.astype({column["name"]: column["dtype"] for column in columns})
 
@@ -155,21 +173,85 @@ def write_frame(frame: pd.DataFrame, path: str) -> None:
     Path(path).write_text(frame_to_json(frame))
 
 
-def read_cached(path: Path, images: list[str], label: str, columns: list[str]) -> pd.DataFrame | None:
-    """The rows of the method labelled ``label`` on the shard of ``images`` cached in ``path``; None
-    when there is no such file, and when the file is damaged (then with a warning that names it)."""
+@dataclass(frozen=True)
+class ExpectedRows:
+    """The rows a run expects of one method on one shard, against which a cached frame is checked:
+    exactly ``columns`` (of :data:`TEXT_DTYPE` for ``image`` and ``method``, int64 for ``target``,
+    lists for ``curves``, float64 for the others); one row per image of ``images`` in order, each
+    labelled ``label``, with ``targets``; each curve a list of ``curves[column]`` finite numbers;
+    numbers finite (``seconds`` also >= 0), except that the columns of ``undefined_as_nan`` may be NaN."""
+
+    label: str
+    images: tuple[str, ...]
+    targets: tuple[int, ...]
+    columns: tuple[str, ...]
+    curves: tuple[tuple[str, int], ...] = ()  # (column, points)
+    undefined_as_nan: tuple[str, ...] = ()
+
+    def dtype_of(self, column: str) -> str:
+        """The dtype ``column`` must have."""
+        if column in ("image", "method"):
+            return TEXT_DTYPE
+        if column == "target":
+            return "int64"
+        return "object" if column in dict(self.curves) else "float64"
+
+    def problem(self, frame: pd.DataFrame) -> str | None:
+        """What is wrong with ``frame`` as these rows; None when nothing is."""
+        if tuple(frame.columns) != self.columns:
+            return f"columns {list(frame.columns)}, expected {list(self.columns)}"
+        dtypes = {column: str(dtype) for column, dtype in frame.dtypes.items()}
+        wrong = {column: dtype for column, dtype in dtypes.items() if dtype != self.dtype_of(column)}
+        if wrong:
+            return f"dtypes {wrong}, expected {({column: self.dtype_of(column) for column in wrong})}"
+        if tuple(frame["image"]) != self.images:
+            return f"images {frame['image'].tolist()}, expected {list(self.images)}"
+        if (frame["method"] != self.label).any():
+            return f"method labels {sorted(set(frame['method']))}, expected {self.label!r}"
+        if tuple(frame["target"]) != self.targets:
+            return f"targets {frame['target'].tolist()}, expected {list(self.targets)}"
+        for column, points in self.curves:
+            for row, curve in enumerate(frame[column]):
+                if not (isinstance(curve, list) and len(curve) == points and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in curve)):
+                    return f"{column} of row {row} is not a list of {points} finite numbers: {str(curve)[:80]}"
+        numbers = [column for column in self.columns if self.dtype_of(column) == "float64"]
+        for column in numbers:
+            values = frame[column].to_numpy()
+            bad = np.isinf(values) if column in self.undefined_as_nan else ~np.isfinite(values)
+            if bad.any():
+                return f"{column} is {values[bad][0]} in row {int(np.flatnonzero(bad)[0])}; it must be finite"
+        if (frame["seconds"] < 0).any():
+            return f"negative seconds {frame['seconds'].min()}"
+        return None
+
+
+def read_cached(path: Path, expected: ExpectedRows) -> pd.DataFrame | None:
+    """The rows cached in ``path``; None when there is no such file, and, with a warning that names the
+    file and what is wrong, when something else is at ``path`` or the file does not hold the
+    ``expected`` rows (unreadable, damaged, or of another schema, shard, method or target)."""
+    if not path.exists():
+        return None
     if not path.is_file():
+        warnings.warn(f"cache path {path} is not a file; recomputing its rows, which are not stored there "
+                      "(remove it to cache them)", stacklevel=3)
         return None
     try:
         frame = frame_from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as error:
-        problem = f"unreadable: {type(error).__name__}: {error}"
+    except (OSError, ValueError, TypeError, OverflowError, RecursionError) as error:
+        problem = f"unreadable: {type(error).__name__}: {str(error)[:200]}"
     else:
-        if list(frame.columns) != columns:
-            problem = f"columns {list(frame.columns)}, expected {columns}"
-        elif frame["image"].tolist() != images or (frame["method"] != label).any():
-            problem = f"its rows are not those of {label!r} on this shard's images"
-        else:
+        problem = expected.problem(frame)
+        if problem is None:
             return frame
     warnings.warn(f"cache file {path} is damaged ({problem}); recomputing it", stacklevel=3)
     return None
+
+
+def store(path: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` to ``path`` atomically; where something other than a file is in the way (which
+    :func:`read_cached` has warned of), leave it and do not store the rows, with a warning."""
+    if path.exists() and not path.is_file():
+        warnings.warn(f"cache path {path} is not a file; rows not stored", stacklevel=3)
+        return
+    write_atomically(path, functools.partial(write_frame, frame))
