@@ -462,6 +462,28 @@ def test_bad_arguments_name_what_is_valid(tiny_model, records):
         E.evaluate(tiny_model, records, ["gradcam"], n_images=6)
 
 
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ({"dataset": []}, ValueError, r"the dataset is empty; evaluate needs at least one ImageRecord"),
+    ({"methods": []}, ValueError, r"no methods given; name at least one of: gradcam, "),
+    ({"methods": {}}, ValueError, r"no methods given; name at least one of: gradcam, "),
+    ({"methods": "gradcam"}, TypeError, r"methods must be a list of method names such as \['gradcam'\] or a dict"),
+    ({"methods": {"G": "gradcam"}}, TypeError, r"'G' must be a \(method name, options dict\) pair"),
+    ({"shard_size": 0}, ValueError, r"shard_size must be a positive int \(images per shard\), got 0"),
+    ({"shard_size": -1}, ValueError, r"shard_size must be a positive int \(images per shard\), got -1"),
+    ({"shard_size": 2.0}, TypeError, r"shard_size must be a positive int \(images per shard\), got 2.0"),
+    ({"metrics": "faithfulness"}, TypeError,
+     r"metrics must be a list of metric names such as \['faithfulness'\], not the str 'faithfulness'"),
+    ({"n_images": True}, TypeError,
+     r"n_images must be an int in 1 \.\. 5 \(the dataset's size\) or None \(every record\), got True"),
+    ({"n_images": 0}, ValueError, r"n_images must be in 1 \.\. 5"),
+], ids=["empty-dataset", "no-methods", "no-methods-dict", "methods-str", "method-not-a-pair", "shard-size-0",
+        "shard-size-negative", "shard-size-float", "metrics-str", "n-images-bool", "n-images-0"])
+def test_edge_arguments_name_what_is_valid(tiny_model, records, arguments, error, message):
+    arguments = {"dataset": records, "methods": ["gradcam"], **arguments}
+    with pytest.raises(error, match=message):
+        E.evaluate(tiny_model, arguments.pop("dataset"), arguments.pop("methods"), progress=False, **arguments)
+
+
 def test_seeded_selection():
     items = list(range(20))
     assert E.select(items, 5, seed=3) == E.select(items, 5, seed=3)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import numbers
 import os
 import time
 import weakref
@@ -110,10 +111,19 @@ def _method_spec(label: str, method: str, options: Mapping) -> MethodSpec:
 def method_specs(methods: Sequence[str] | Mapping[str, tuple[str, dict]]) -> list[MethodSpec]:
     """``["gradcam", "liftcam"]`` or ``{"SHAP-CAM_10": ("shapcam", {"n_permutations": 10})}``; option
     values must be JSON values (``TypeError`` naming the option otherwise)."""
+    if isinstance(methods, str):
+        raise TypeError(f"methods must be a list of method names such as ['gradcam'] or a dict of labels to "
+                        f"(method name, options dict) pairs, not the str {methods!r}")
     if isinstance(methods, Mapping):
+        for label, pair in methods.items():
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TypeError(f"{label!r} must be a (method name, options dict) pair, e.g. "
+                                f"('shapcam', {{'n_permutations': 10}}), got {pair!r}")
         specs = [_method_spec(label, name, options) for label, (name, options) in methods.items()]
     else:
         specs = [MethodSpec(name, name) for name in methods]
+    if not specs:
+        raise ValueError(f"no methods given; name at least one of: {', '.join(METHODS)}")
     for spec in specs:
         if spec.method not in METHODS:
             raise ValueError(f"unknown method {spec.method!r}; valid methods: {', '.join(METHODS)}")
@@ -253,6 +263,11 @@ def paper_table(rows_by_dataset: Mapping[str, pd.DataFrame], metric: str) -> pd.
     return pd.DataFrame(columns).reindex(order)
 
 
+def _is_int(value) -> bool:
+    """An int (Python's or NumPy's), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _shards(records: list[ImageRecord], shard_size: int) -> Iterable[list[ImageRecord]]:
     for start in range(0, len(records), shard_size):
         yield records[start:start + shard_size]
@@ -289,6 +304,17 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     and overwritten. Something other than a file at a file's path (a folder) is left alone: its
     rows are recomputed and not stored, with a warning.
     """
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty; evaluate needs at least one ImageRecord")
+    if isinstance(metrics, str):
+        raise TypeError(f"metrics must be a list of metric names such as ['faithfulness'], not the str {metrics!r}; "
+                        f"valid metrics: {', '.join(METRICS)}")
+    if not _is_int(shard_size) or shard_size < 1:
+        raise (ValueError if _is_int(shard_size) else TypeError)(
+            f"shard_size must be a positive int (images per shard), got {shard_size!r}")
+    if n_images is not None and not _is_int(n_images):
+        raise TypeError(f"n_images must be an int in 1 .. {len(dataset)} (the dataset's size) or None (every "
+                        f"record), got {n_images!r}")
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; valid metrics: {', '.join(METRICS)}")
