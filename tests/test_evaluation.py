@@ -4,6 +4,11 @@ import copy
 import dataclasses
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -37,17 +42,17 @@ class _Tiny(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@pytest.fixture
-def tiny_model():
+def make_tiny_model(network=_Tiny, *arguments):
+    """A model of ``network(*arguments)`` with seeded weights, for 16 x 16 images of 3 classes."""
     torch.manual_seed(0)
     preprocess = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.ToTensor(),
                                      transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    return lu.LoadedModel(name="tiny", net=_Tiny().eval(), layer="features.1", preprocess=preprocess,
+    return lu.LoadedModel(name="tiny", net=network(*arguments).eval(), layer="features.1", preprocess=preprocess,
                           categories=["a", "b", "c"], weights=None)
 
 
-@pytest.fixture
-def records():
+def make_records():
+    """Five seeded 16 x 16 noise images, each with a box of its label on its left half."""
     generator = torch.Generator().manual_seed(1)
     out = []
     for i in range(5):
@@ -55,6 +60,16 @@ def records():
         out.append(ImageRecord(name=f"img{i}", labels=(i % 3,), boxes=(Box(i % 3, 0, 0, 8, 16),),
                                pixels=Image.fromarray(pixels)))
     return out
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture
+def records():
+    return make_records()
 
 
 ALL = ("faithfulness", "insertion_deletion", "pointing", "cosine")
@@ -509,7 +524,7 @@ def two_workers():
     from dask.distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      dashboard_address=":0") as cluster:
         yield cluster.scheduler_address
 
 
@@ -526,3 +541,86 @@ def test_dask_workers_compute_with_the_weights_of_this_process(two_workers):
         remote = E.evaluate(model, scenes, ["liftcam"], shard_size=1, dask_scheduler=two_workers, progress=False).rows
         pd.testing.assert_frame_equal(remote.drop(columns="seconds"), local.drop(columns="seconds"),
                                       check_exact=True, obj=f"rows after edit {edit}")
+
+
+# run in a child process: evaluate the tiny model on the records with a cache, each shard slowed down so that the
+# parent can kill the child in the middle of one
+INTERRUPTED_RUN = """
+import sys
+import time
+
+sys.path[:0] = [{root!r}, {tests!r}]
+import test_evaluation as T
+from liftcam_utils.evaluation import batch as E
+
+compute = E._shard_rows
+
+
+def slowly(*arguments):
+    time.sleep(0.4)
+    return compute(*arguments)
+
+
+E._shard_rows = slowly
+E.evaluate(T.make_tiny_model(), T.make_records(), ["gradcam", "liftcam"], shard_size=1, cache_dir={cache!r},
+           progress=False)
+"""
+
+
+def _cache_files(folder):
+    return {p.name for p in folder.glob("*.json") if not p.name.startswith(".")}  # not a half-written temporary
+
+
+def test_a_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(records, tmp_path, computed):
+    tests = Path(__file__).parent
+    code = INTERRUPTED_RUN.format(root=str(tests.parent), tests=str(tests), cache=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _cache_files(tmp_path):
+        assert child.poll() is None, f"the run ended before its first shard was cached: {child.stderr.read()}"
+        assert time.monotonic() < deadline, "no shard cached within 120 s"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    finished = _cache_files(tmp_path)
+    assert 0 < len(finished) < 10  # killed after its first shard, before its last
+    model = make_tiny_model()
+    resumed = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, cache_dir=tmp_path, progress=False)
+    recomputed = [(image, label) for images, labels in computed for image in images for label in labels]
+    assert len(recomputed) == len(set(recomputed)) == 10 - len(finished)  # no finished shard computed again
+    assert _cache_files(tmp_path) >= finished and len(_cache_files(tmp_path)) == 10
+    uninterrupted = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, progress=False)
+    pd.testing.assert_frame_equal(resumed.rows.drop(columns="seconds"), uninterrupted.rows.drop(columns="seconds"),
+                                  check_exact=True)
+
+
+class _DiesInItsFirstWorker(_Tiny):
+    """:class:`_Tiny`, except that in a process other than the one that built it, the first forward pass
+    (traced, when a shard is cut at its layer) kills that process, once over all processes: the one that
+    creates ``marker`` first."""
+
+    def __init__(self, marker):
+        super().__init__()
+        self.marker, self.home = str(marker), os.getpid()
+
+    def forward(self, x):
+        if os.getpid() != self.home:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+def test_a_dask_worker_killed_mid_shard_loses_and_repeats_no_rows(records, tmp_path):
+    """The local cluster's only worker dies in a shard, and the model it held with it: the model is sent
+    again to the worker Dask starts in its place, and every shard not yet done is computed there."""
+    model = make_tiny_model(_DiesInItsFirstWorker, tmp_path / "killed")
+    local = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, progress=False).rows
+    remote = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, dask_scheduler="local",
+                        progress=False).rows
+    assert (tmp_path / "killed").exists()  # the worker died in a shard
+    pd.testing.assert_frame_equal(remote.drop(columns="seconds"), local.drop(columns="seconds"), check_exact=True)

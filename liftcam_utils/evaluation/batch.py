@@ -373,11 +373,16 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     return Evaluation(rows=rows, summary=summarize(rows))
 
 
+MODEL_SENDS = 3  # how often the model is sent to Dask workers in one run, when it is lost with the workers holding it
+
+
 def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, keep, bar) -> None:
     """Compute the shards of ``todo`` on Dask workers. The model itself (network with its weights as they are
-    now in this process, preprocessing, vocabulary) is sent to every worker once, on the CPU; each worker
-    moves it to ``device`` (default: the model's device here)."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    now in this process, preprocessing, vocabulary) is sent to every worker, on the CPU; each worker moves it
+    to ``device`` (default: the model's device here). A worker that dies in a shard has that shard
+    computed again by Dask; when every worker holding the model has died (e.g. the only one), the shards not
+    yet done are lost with it: the model is sent again and they are resubmitted, up to ``MODEL_SENDS`` times."""
+    from dask.distributed import CancelledError, Client, LocalCluster, as_completed
 
     device = str(device or model.device)
     sent = model if model.device.type == "cpu" else dataclasses.replace(model, net=copy.deepcopy(model.net).cpu())
@@ -385,16 +390,26 @@ def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, referen
         if scheduler == "local" else None
     client = Client(cluster if cluster is not None else scheduler)
     try:
-        remote_model = client.scatter(sent, broadcast=True, hash=False)
-        futures = {}
-        for index, shard, missing in todo:
-            future = client.submit(_remote_shard, remote_model, device, layer, shard, missing,
-                                   metrics, absent, reference_spec, pure=False)
-            futures[future] = (index, shard)
-        for future in as_completed(futures):
-            index, shard = futures[future]
-            keep(index, shard, future.result())
-            bar.update(len(shard))
+        for _ in range(MODEL_SENDS):
+            remote_model = client.scatter(sent, broadcast=True, hash=False)
+            futures = {client.submit(_remote_shard, remote_model, device, layer, shard, missing, metrics, absent,
+                                     reference_spec, pure=False): (index, shard, missing)
+                       for index, shard, missing in todo}
+            todo = []
+            for future in as_completed(futures):
+                index, shard, missing = futures[future]
+                try:
+                    results = future.result()
+                except CancelledError:  # its model was lost
+                    todo.append((index, shard, missing))
+                    continue
+                keep(index, shard, results)
+                bar.update(len(shard))
+            if not todo:
+                return
+        raise RuntimeError(f"the model sent to the Dask workers was lost {MODEL_SENDS} times, each time with the "
+                           f"last worker holding it; {len(todo)} shards were not computed (the others are cached "
+                           "where a cache_dir was given: a rerun resumes)")
     finally:
         client.close()
         if cluster is not None:
