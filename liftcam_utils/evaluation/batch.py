@@ -326,6 +326,7 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     specs = method_specs(methods)
     reference_spec = method_specs({"reference": reference})[0] if reference else None
     records = select(dataset, n_images, seed)
+    model.check_label_space(records)  # a label of another dataset's classes would explain another class
     layer = layer or model.layer
     metrics = tuple(m for m in METRICS if m in metrics)
     shards = list(_shards(records, shard_size))
