@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 import liftcam_utils as lu
+from liftcam_utils.engine import head_factoring
 from liftcam_utils.engine.cam_input import CamInput, prepare
 from liftcam_utils.engine.channel_game import ChannelGame
 from liftcam_utils.engine.head_factoring import factor_head
-from liftcam_utils.methods.shapley import exact_shap, random_orderings, shapcam
+from liftcam_utils.methods.shapley import exact_shap, exhaustive_shapley, random_orderings, shapcam
 
 
 @pytest.mark.parametrize("model_name, layer, mixing_end, pointwise, tail", [
@@ -111,7 +112,21 @@ def test_outer_product_contributions_equal_evaluated_ones(channelwise):
     assert (rows.double() - exact).abs().max() <= 1e-6 * exact.abs().max()
 
 
-def test_a_one_by_one_convolution_that_moves_values_falls_back_to_evaluated_contributions():
+def _admit_subclasses(monkeypatch):
+    """The former rule, to exercise the additivity check behind it: a module subclass taken for its base."""
+    monkeypatch.setattr(head_factoring, "_acts_as", lambda module, types: isinstance(module, types), raising=False)
+
+
+def test_a_one_by_one_convolution_that_moves_values_falls_back_to_evaluated_contributions(monkeypatch):
+    """A subclass of a 1 x 1 convolution is an opaque op: the head is evaluated in full. Were it taken for a
+    pointwise convolution, its outer-product rows would not add up, and evaluated rows would replace them."""
+    split, x = _random_split(channelwise=True, first_mixing=_ShiftedConv)
+    assert factor_head(split.head) is None
+    inputs = prepare(split, x)
+    coalitions = torch.rand(20, 40, generator=torch.Generator().manual_seed(2)) < 0.5
+    torch.testing.assert_close(ChannelGame(inputs, 1).values(coalitions), _full_head_values(inputs, 1, coalitions),
+                               rtol=0, atol=1e-6)
+    _admit_subclasses(monkeypatch)
     split, x = _random_split(channelwise=True, first_mixing=_ShiftedConv)
     factors = factor_head(split.head)
     assert factors.pointwise is not None  # its type and sizes look pointwise ...
@@ -128,11 +143,10 @@ def test_a_one_by_one_convolution_that_moves_values_falls_back_to_evaluated_cont
 
 
 def test_a_spatial_mixing_convolution_is_not_pointwise():
-    class Spatial(nn.Conv2d):
-        def __init__(self, channels_in, channels_out, _):
-            super().__init__(channels_in, channels_out, 3, padding=1)
+    def spatial(channels_in, channels_out, _):
+        return nn.Conv2d(channels_in, channels_out, 3, padding=1)
 
-    split, _ = _random_split(channelwise=True, first_mixing=Spatial)
+    split, _ = _random_split(channelwise=True, first_mixing=spatial)
     assert factor_head(split.head).pointwise is None
 
 
@@ -360,14 +374,21 @@ def test_heads_that_keep_channels_apart_stay_factored(case):
 
 
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_contributions_that_do_not_add_up_fall_back_to_the_full_head(kernel):
-    """A module that passes for a depthwise convolution but mixes neighbouring channels: the
-    classification admits it, the additivity check on the full and one random coalition refuses its
-    rows, and the game evaluates the full head. With a 1 x 1 convolution next (a pointwise M), the
-    outer-product rows even add up on the full coalition; only the random coalition exposes them."""
+def test_contributions_that_do_not_add_up_fall_back_to_the_full_head(monkeypatch, kernel):
+    """A subclass of a depthwise convolution that mixes neighbouring channels: an opaque op, so the head
+    is not factored. Were it taken for its base, the additivity check on the full and random coalitions
+    would refuse its rows, and the game would evaluate the full head. With a 1 x 1 convolution next (a
+    pointwise M), the outer-product rows even add up on the full coalition; only random ones expose them."""
     n = 8
-    inputs = _game_input(nn.Sequential(_ChannelMax(n), nn.ReLU(), nn.Conv2d(n, 4, kernel, padding=kernel // 2),
-                                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), n)
+
+    def head():
+        torch.manual_seed(kernel)
+        return nn.Sequential(_ChannelMax(n), nn.ReLU(), nn.Conv2d(n, 4, kernel, padding=kernel // 2), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    assert factor_head(_game_input(head(), n).split.head) is None
+    _admit_subclasses(monkeypatch)
+    inputs = _game_input(head(), n)
     factors = factor_head(inputs.split.head)
     assert factors is not None and (factors.pointwise is not None) == (kernel == 1)
     maps = inputs.maps[0]
@@ -382,3 +403,104 @@ def test_contributions_that_do_not_add_up_fall_back_to_the_full_head(kernel):
         assert game._factored is None
         torch.testing.assert_close(game.values(coalitions), _full_head_values(inputs, index, coalitions),
                                    rtol=0, atol=1e-6)
+
+
+class _SwappedDepthwise(nn.Conv2d):
+    """A depthwise convolution whose forward first exchanges maps 0 and 2: linear, channelwise in all but
+    the channels' order, which the outer product of a pointwise M reads as the players' order."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, a):
+        order = list(range(a.shape[1]))
+        order[0], order[2] = 2, 0
+        return super().forward(a[:, order])
+
+
+def _swapped_depthwise_input() -> CamInput:
+    """8 maps through the swapping depthwise convolution, ReLU, a 1 x 1 convolution (a pointwise M), ReLU,
+    average pooling and a linear layer; seeded weights, the depthwise filters scaled apart."""
+    torch.manual_seed(0)
+    head = nn.Sequential(_SwappedDepthwise(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        head[0].weight.mul_(torch.arange(1.0, 9.0).view(8, 1, 1, 1))  # map k's filter k + 1 times as strong
+    return _game_input(head, 8)
+
+
+def test_a_channel_swapping_convolution_subclass_gives_the_full_heads_shapley_values():
+    """A Conv2d subclass that is not a zero-padded convolution is an opaque op: SHAP-CAM and the exact Shapley
+    values are those of the full head, against exhaustive Shapley values (Eq. 6) of its 2^8 coalition values.
+    Taken for a depthwise convolution, its outer-product rows gave channels 0 and 2 each other's values (22 %
+    and 3 % off the exhaustive values here), and the former check (the full coalition and one fixed random one,
+    where channels 0 and 2 are both in) passed them."""
+    inputs = _swapped_depthwise_input()
+    assert factor_head(inputs.split.head) is None
+    coalitions = _all_coalitions(8)
+    values = [_full_head_values(inputs, index, coalitions) for index in range(2)]
+    exhaustive = torch.stack([exhaustive_shapley(v, 8) for v in values])
+    assert (exhaustive[:, 0] - exhaustive[:, 2]).abs().min() > 1e-3  # a swap would show, far beyond the tolerance
+    torch.testing.assert_close(exact_shap(inputs).double(), exhaustive, rtol=1e-5, atol=1e-7)
+    orderings = random_orderings(8, 5, seed=1)
+    sampled = torch.stack([_mean_marginals(v.double().tolist(), orderings.tolist()) for v in values])
+    torch.testing.assert_close(shapcam(inputs, n_permutations=5, seed=1).double(), sampled, rtol=1e-5, atol=1e-7)
+
+
+def test_several_random_coalitions_expose_exchanged_rows(monkeypatch):
+    """Were the swapping subclass taken for a depthwise convolution, its outer-product rows (channels 0 and 2
+    exchanged) add up on the full coalition and on any coalition holding both or neither; the random
+    coalitions of each image expose them, and the evaluated rows, correct for this linear P, replace them."""
+    _admit_subclasses(monkeypatch)
+    inputs = _swapped_depthwise_input()
+    factors = factor_head(inputs.split.head)
+    assert factors is not None and factors.pointwise is not None
+    for index in range(2):
+        maps = inputs.maps[index]
+        base, _, rows = factors.contributions(maps, batch_size=3)
+        outer = factors._outer_product_rows(maps, base)
+        assert not torch.allclose(rows, outer, rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(rows, factors._evaluated_rows(maps, base, batch_size=3), rtol=0, atol=0)
+        drawn = head_factoring._random_coalitions(maps)
+        assert drawn.shape == (4, 8) and torch.equal(drawn, head_factoring._random_coalitions(maps.clone()))
+        assert (drawn[:, 0] != drawn[:, 2]).any()
+    assert not torch.equal(head_factoring._random_coalitions(inputs.maps[0]),
+                           head_factoring._random_coalitions(inputs.maps[1]))  # each image draws its own
+    coalitions = _all_coalitions(8)
+    truth = torch.stack([exhaustive_shapley(_full_head_values(inputs, index, coalitions), 8) for index in range(2)])
+    torch.testing.assert_close(exact_shap(inputs).double(), truth, rtol=1e-5, atol=1e-7)
+
+
+class _StaticSamePadding(nn.Conv2d):
+    """A convolution that zero-pads its input itself, one more row and column at the end than at the start,
+    as EfficientNet's ``Conv2dStaticSamePadding`` does for an even kernel; ``mode="replicate"`` repeats the
+    border instead."""
+
+    def __init__(self, channels_in: int, channels_out: int, groups: int = 1, mode: str = "constant"):
+        super().__init__(channels_in, channels_out, 4, groups=groups)
+        self.mode = mode
+
+    def forward(self, x):
+        return super().forward(torch.nn.functional.pad(x, (1, 2, 1, 2), mode=self.mode))
+
+
+@pytest.mark.parametrize("mode, factored", [("constant", True), ("replicate", False)])
+def test_a_subclass_that_zero_pads_before_its_convolution_is_still_a_convolution(mode, factored):
+    """A Conv2d subclass that zero-pads, then convolves, computes nn.Conv2d's convolution of a padded input:
+    the factoring takes it for a depthwise convolution (P) and a 4 x 4 mixing convolution (M) and the game
+    equals the full head. Padding by repeating the border is no zero-padded convolution: the subclass is opaque."""
+    n = 6
+    torch.manual_seed(0)
+    head = nn.Sequential(_StaticSamePadding(n, n, groups=n, mode=mode), nn.ReLU(), _StaticSamePadding(n, 4, mode=mode),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    inputs = _game_input(head, n)
+    factors = factor_head(inputs.split.head)
+    assert (factors is not None) == factored
+    if factored:
+        assert [m.target for m in factors.mix.graph.nodes if m.op == "call_module"][-1] == "2.2"
+    coalitions = _all_coalitions(n)
+    for index in range(2):
+        game = ChannelGame(inputs, index)
+        assert (game._factored is not None) == factored
+        torch.testing.assert_close(game.values(coalitions), _full_head_values(inputs, index, coalitions),
+                                   rtol=1e-5, atol=1e-6)

@@ -4,6 +4,11 @@ import copy
 import dataclasses
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -18,8 +23,10 @@ from torchvision import transforms
 import liftcam_utils as lu
 from liftcam_utils.datasets import Box, ImageRecord
 from liftcam_utils.datasets.embedded import foolbox_imagenet
+from liftcam_utils.datasets.synthetic_scenes import make_scenes
 from liftcam_utils.datasets.synthetic_vqa import make_vqa
 from liftcam_utils.evaluation import batch as E
+from liftcam_utils.evaluation import cache as C
 from liftcam_utils.evaluation import metrics as M
 from liftcam_utils.files import write_atomically
 
@@ -35,17 +42,17 @@ class _Tiny(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@pytest.fixture
-def tiny_model():
+def make_tiny_model(network=_Tiny, *arguments):
+    """A model of ``network(*arguments)`` with seeded weights, for 16 x 16 images of 3 classes."""
     torch.manual_seed(0)
     preprocess = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.ToTensor(),
                                      transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    return lu.LoadedModel(name="tiny", net=_Tiny().eval(), layer="features.1", preprocess=preprocess,
+    return lu.LoadedModel(name="tiny", net=network(*arguments).eval(), layer="features.1", preprocess=preprocess,
                           categories=["a", "b", "c"], weights=None)
 
 
-@pytest.fixture
-def records():
+def make_records():
+    """Five seeded 16 x 16 noise images, each with a box of its label on its left half."""
     generator = torch.Generator().manual_seed(1)
     out = []
     for i in range(5):
@@ -53,6 +60,16 @@ def records():
         out.append(ImageRecord(name=f"img{i}", labels=(i % 3,), boxes=(Box(i % 3, 0, 0, 8, 16),),
                                pixels=Image.fromarray(pixels)))
     return out
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture
+def records():
+    return make_records()
 
 
 ALL = ("faithfulness", "insertion_deletion", "pointing", "cosine")
@@ -182,7 +199,7 @@ def test_json_round_trip_is_exact():
     frame = pd.DataFrame({"image": ["a", "b", "c"], "target": [0, 7, 2], "method": "SHAP-CAM_10",
                           "seconds": 0.1 + 0.2, "AD": [1 / 3, np.nan, 1e-300], "IC": [np.inf, -0.0, 2 / 7],
                           "insertion_curve": [[0.1, 1 / 3], [2 / 7, 0.5], [1e-300, 1.0]]})
-    pd.testing.assert_frame_equal(E.frame_from_json(E.frame_to_json(frame)), frame, check_exact=True)
+    pd.testing.assert_frame_equal(C.frame_from_json(C.frame_to_json(frame)), frame, check_exact=True)
 
 
 def test_rerun_reads_the_cache_exactly(tiny_model, records, tmp_path, computed):
@@ -214,7 +231,7 @@ def test_changed_records_are_recomputed(tiny_model, records, tmp_path, computed)
 def test_weights_changed_in_place_are_recomputed(tiny_model, records, tmp_path, computed):
     before = _cached_run(tiny_model, records[:2], ["liftcam"], tmp_path)
     copied = dataclasses.replace(tiny_model, net=copy.deepcopy(tiny_model.net))
-    assert E.weights_digest(copied) == E.weights_digest(tiny_model)  # the contents count, not the object
+    assert C.weights_digest(copied.net) == C.weights_digest(tiny_model.net)  # the contents count, not the object
     computed.clear()
     with torch.no_grad():
         tiny_model.net.fc.bias[0] += 1.0  # same name and weights argument, other weights
@@ -254,29 +271,174 @@ def test_each_label_of_a_method_has_its_own_entry(tiny_model, records, tmp_path,
     pd.testing.assert_frame_equal(again, rows, check_exact=True)
 
 
+def _relu_to_softplus(model):
+    model.net.features[1] = nn.Softplus()
+
+
+def _average_to_max_pool(model):
+    model.net.pool = nn.AdaptiveMaxPool2d(1)
+
+
+def _wider_padding(model):
+    model.net.features[0].padding = (2, 2)
+
+
+def _dilation(model):
+    model.net.features[0].dilation = (2, 2)
+
+
+def _other_preprocess(model):
+    model.preprocess = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.ToTensor(),
+                                           transforms.Normalize((0.4, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
+def _assign_data(model):
+    model.net.fc.bias.data = model.net.fc.bias.data + 1.0
+
+
+def _copy_into_data(model):
+    model.net.fc.weight.data.copy_(model.net.fc.weight.data * 2.0)
+
+
+def _write_through_numpy(model):
+    model.net.fc.bias.detach().numpy()[0] += 1.0
+
+
+def _half_then_float(model):
+    model.net.half().float()
+
+
+@pytest.mark.parametrize("change", [_relu_to_softplus, _average_to_max_pool, _wider_padding, _dilation,
+                                    _other_preprocess, _assign_data, _copy_into_data, _write_through_numpy,
+                                    _half_then_float], ids=lambda change: change.__name__.strip("_"))
+def test_a_changed_model_is_recomputed(tiny_model, records, tmp_path, computed, change):
+    """Every change to what the model computes, including weight writes that PyTorch does not count, is a new key."""
+    _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+    change(tiny_model)
+    computed.clear()
+    _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+    assert computed == [(["img0"], ["gradcam"])] and len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.fixture
+def global_forward_hook():
+    handle = nn.modules.module.register_module_forward_hook(lambda module, inputs, output: output)
+    yield
+    handle.remove()
+
+
+@pytest.mark.parametrize("hook", [
+    lambda model: model.net.fc.register_forward_hook(lambda module, inputs, output: output * 2),
+    lambda model: model.net.features[0].register_forward_pre_hook(lambda module, inputs: (inputs[0] * 2,)),
+    lambda model: model.net.register_full_backward_hook(lambda module, grad_in, grad_out: None),
+], ids=["forward", "forward-pre", "backward"])
+def test_a_network_with_hooks_is_refused_by_the_cache(tiny_model, records, tmp_path, hook):
+    hook(tiny_model)
+    with pytest.raises(ValueError, match="has hooks registered .*remove the hooks .* or evaluate without cache_dir"):
+        _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_global_module_hook_is_refused_by_the_cache(tiny_model, records, tmp_path, global_forward_hook):
+    with pytest.raises(ValueError, match="global module hooks are registered"):
+        _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
+
+
+@pytest.mark.parametrize("value", [torch.tensor(0.25), np.array(0.25), (0.25,), Box(0, 0, 0, 1, 1), [np.int64(1)]],
+                         ids=["tensor", "array", "tuple", "object", "numpy-int-in-list"])
+def test_method_options_must_be_json_values(tiny_model, records, value):
+    """``tensor(0.2500)`` prints alike for many values: no option whose text in a key is not exact."""
+    with pytest.raises(TypeError, match=r"option 'epsilon' of 'LRP'.* must be JSON values: str, int, float, bool, "
+                                        r"None, and lists and dicts"):
+        E.evaluate(tiny_model, records, {"LRP": ("lrpcam", {"epsilon": value})}, progress=False)
+
+
 def _drop_a_column(text):
     stored = json.loads(text)
     stored["columns"] = [c for c in stored["columns"] if c["name"] != "AD"]
     return json.dumps(stored)
 
 
-@pytest.mark.parametrize("damage", [lambda text: text[:len(text) // 2], lambda text: "not json at all",
-                                    _drop_a_column], ids=["truncated", "not-json", "wrong-columns"])
-def test_a_damaged_file_is_recomputed_with_a_warning(tiny_model, records, tmp_path, computed, damage):
-    good = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+def _edit_column(name, **entries):
+    """A damage: the stored column ``name`` with new ``entries`` (a callable gets the old entry)."""
+    def damage(text):
+        stored = json.loads(text)
+        [column] = [c for c in stored["columns"] if c["name"] == name]
+        for key, value in entries.items():
+            column[key] = value(column[key]) if callable(value) else value
+        return json.dumps(stored)
+    return damage
+
+
+SCORES, CURVES = ("faithfulness", "pointing"), ("insertion_deletion",)
+DAMAGES = {  # name: (damage, metrics of the run)
+    "truncated": (lambda text: text[:len(text) // 2], SCORES),
+    "not-json": (lambda text: "not json at all", SCORES),
+    "wrong-columns": (_drop_a_column, SCORES),
+    "nan": (_edit_column("Y", values=lambda values: [np.nan, *values[1:]]), SCORES),
+    "inf": (_edit_column("AD", values=lambda values: [values[0], np.inf]), SCORES),
+    "scalar-for-every-row": (_edit_column("Y", values=0.5), SCORES),
+    "wrong-target": (_edit_column("target", values=[0, 2]), SCORES),
+    "short-curve": (_edit_column("insertion_curve", values=lambda curves: [curves[0][:40], curves[1]]), CURVES),
+    "nested-curve": (_edit_column("deletion_curve", values=lambda curves: [[curves[0]], curves[1]]), CURVES),
+    "dtype-object": (_edit_column("Y", dtype="object"), SCORES),
+    "dtype-category": (_edit_column("AD", dtype="category"), SCORES),
+    "deep-nesting": (lambda text: "[" * 100_000 + "]" * 100_000, SCORES),
+}
+
+
+def _one_shard_run(model, records, cache_dir, metrics=SCORES):
+    return E.evaluate(model, records[:2], ["liftcam"], metrics=metrics, shard_size=2, cache_dir=cache_dir,
+                      progress=False).rows
+
+
+@pytest.mark.parametrize(("damage", "metrics"), DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_file_is_recomputed_with_a_warning(tiny_model, records, tmp_path, computed, damage, metrics):
+    run = functools.partial(_one_shard_run, tiny_model, records, tmp_path, metrics)
+    good = run()
     [file] = tmp_path.iterdir()
     file.write_text(damage(file.read_text()))
     computed.clear()
     with pytest.warns(UserWarning, match=f"cache file .*{file.name} is damaged"):
-        redone = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+        redone = run()
     assert len(computed) == 1
     pd.testing.assert_frame_equal(redone.drop(columns="seconds"), good.drop(columns="seconds"))
     computed.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        reread = _cached_run(tiny_model, records[:1], ["liftcam"], tmp_path)
+        reread = run()
     assert computed == [] and list(tmp_path.iterdir()) == [file]  # overwritten with a good file
     pd.testing.assert_frame_equal(reread, redone, check_exact=True)
+
+
+def test_a_folder_at_a_cache_path_is_left_alone_and_its_rows_recomputed(tiny_model, records, tmp_path, computed):
+    good = _one_shard_run(tiny_model, records, tmp_path)
+    [file] = tmp_path.iterdir()
+    file.unlink()
+    file.mkdir()
+    computed.clear()
+    with pytest.warns(UserWarning, match=f"cache path .*{file.name} is not a file") as caught:
+        redone = _one_shard_run(tiny_model, records, tmp_path)
+    assert any("rows not stored" in str(w.message) for w in caught)
+    assert len(computed) == 1 and list(tmp_path.iterdir()) == [file] and list(file.iterdir()) == []
+    pd.testing.assert_frame_equal(redone.drop(columns="seconds"), good.drop(columns="seconds"))
+
+
+def test_undefined_metrics_are_read_back_from_the_cache(tiny_model, records, tmp_path, computed):
+    """NaN means "undefined" for the pointing game (no box of the target) and the cosine (per-pixel weights)."""
+    def run():
+        return E.evaluate(tiny_model, [dataclasses.replace(records[0], boxes=())], ["hirescam"],
+                          metrics=("pointing", "cosine"), reference=("exact_shap", {}), cache_dir=tmp_path,
+                          progress=False).rows
+
+    first = run()
+    assert first[["pointing", "cosine"]].isna().all().all()
+    computed.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = run()
+    assert computed == []
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -290,8 +452,8 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_atomically(target, crash)
     assert [p.name for p in tmp_path.iterdir()] == ["x.pkl"] and target.read_text() == "the complete old result"
-    write_atomically(target, functools.partial(E._write_frame, pd.DataFrame({"a": [1]})))
-    assert E.frame_from_json(target.read_text())["a"].tolist() == [1] and oct(target.stat().st_mode)[-3:] == "644"
+    write_atomically(target, functools.partial(C.write_frame, pd.DataFrame({"a": [1]})))
+    assert C.frame_from_json(target.read_text())["a"].tolist() == [1] and oct(target.stat().st_mode)[-3:] == "644"
 
 
 def test_box_mask_follows_resize_and_crop():
@@ -313,8 +475,28 @@ def test_bad_arguments_name_what_is_valid(tiny_model, records):
         E.evaluate(tiny_model, records, ["gradcamm"])
     with pytest.raises(ValueError, match=r"n_images must be in 1 \.\. 5"):
         E.evaluate(tiny_model, records, ["gradcam"], n_images=6)
-    with pytest.raises(ValueError, match="cannot be rebuilt identically on Dask"):
-        E.evaluate(tiny_model, records, ["gradcam"], dask_scheduler="local", progress=False)
+
+
+@pytest.mark.parametrize(("arguments", "error", "message"), [
+    ({"dataset": []}, ValueError, r"the dataset is empty; evaluate needs at least one ImageRecord"),
+    ({"methods": []}, ValueError, r"no methods given; name at least one of: gradcam, "),
+    ({"methods": {}}, ValueError, r"no methods given; name at least one of: gradcam, "),
+    ({"methods": "gradcam"}, TypeError, r"methods must be a list of method names such as \['gradcam'\] or a dict"),
+    ({"methods": {"G": "gradcam"}}, TypeError, r"'G' must be a \(method name, options dict\) pair"),
+    ({"shard_size": 0}, ValueError, r"shard_size must be a positive int \(images per shard\), got 0"),
+    ({"shard_size": -1}, ValueError, r"shard_size must be a positive int \(images per shard\), got -1"),
+    ({"shard_size": 2.0}, TypeError, r"shard_size must be a positive int \(images per shard\), got 2.0"),
+    ({"metrics": "faithfulness"}, TypeError,
+     r"metrics must be a list of metric names such as \['faithfulness'\], not the str 'faithfulness'"),
+    ({"n_images": True}, TypeError,
+     r"n_images must be an int in 1 \.\. 5 \(the dataset's size\) or None \(every record\), got True"),
+    ({"n_images": 0}, ValueError, r"n_images must be in 1 \.\. 5"),
+], ids=["empty-dataset", "no-methods", "no-methods-dict", "methods-str", "method-not-a-pair", "shard-size-0",
+        "shard-size-negative", "shard-size-float", "metrics-str", "n-images-bool", "n-images-0"])
+def test_edge_arguments_name_what_is_valid(tiny_model, records, arguments, error, message):
+    arguments = {"dataset": records, "methods": ["gradcam"], **arguments}
+    with pytest.raises(error, match=message):
+        E.evaluate(tiny_model, arguments.pop("dataset"), arguments.pop("methods"), progress=False, **arguments)
 
 
 def test_seeded_selection():
@@ -333,3 +515,112 @@ def test_dask_local_cluster_gives_the_in_process_numbers(lite0):
     pd.testing.assert_frame_equal(local[columns], remote[columns], atol=1e-5, rtol=1e-4)
     # percentages divide by Y: float noise of another process's thread count, amplified, stays < 1e-3 points
     pd.testing.assert_frame_equal(local[["AD", "ADD"]], remote[["AD", "ADD"]], atol=1e-3, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    """The address of a Dask cluster of two worker processes on this machine: each has its own memory,
+    so a worker sees this process's model only through what ``evaluate`` sends it."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
+def test_dask_workers_compute_with_the_weights_of_this_process(two_workers):
+    """Weights edited after loading: the workers must not reload them from the file, nor keep those of an
+    earlier run."""
+    model = lu.load_model("shapes_vgg", device="cpu")
+    scenes = make_scenes(2, seed=3).records
+    for edit in range(2):
+        with torch.no_grad():
+            model.net.features[0].weight.mul_(0.5)
+            model.net.classifier[-1].bias.add_(2.0)
+        local = E.evaluate(model, scenes, ["liftcam"], shard_size=1, progress=False).rows
+        remote = E.evaluate(model, scenes, ["liftcam"], shard_size=1, dask_scheduler=two_workers, progress=False).rows
+        pd.testing.assert_frame_equal(remote.drop(columns="seconds"), local.drop(columns="seconds"),
+                                      check_exact=True, obj=f"rows after edit {edit}")
+
+
+# run in a child process: evaluate the tiny model on the records with a cache, each shard slowed down so that the
+# parent can kill the child in the middle of one
+INTERRUPTED_RUN = """
+import sys
+import time
+
+sys.path[:0] = [{root!r}, {tests!r}]
+import test_evaluation as T
+from liftcam_utils.evaluation import batch as E
+
+compute = E._shard_rows
+
+
+def slowly(*arguments):
+    time.sleep(0.4)
+    return compute(*arguments)
+
+
+E._shard_rows = slowly
+E.evaluate(T.make_tiny_model(), T.make_records(), ["gradcam", "liftcam"], shard_size=1, cache_dir={cache!r},
+           progress=False)
+"""
+
+
+def _cache_files(folder):
+    return {p.name for p in folder.glob("*.json") if not p.name.startswith(".")}  # not a half-written temporary
+
+
+def test_a_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(records, tmp_path, computed):
+    tests = Path(__file__).parent
+    code = INTERRUPTED_RUN.format(root=str(tests.parent), tests=str(tests), cache=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _cache_files(tmp_path):
+        assert child.poll() is None, f"the run ended before its first shard was cached: {child.stderr.read()}"
+        assert time.monotonic() < deadline, "no shard cached within 120 s"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    finished = _cache_files(tmp_path)
+    assert 0 < len(finished) < 10  # killed after its first shard, before its last
+    model = make_tiny_model()
+    resumed = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, cache_dir=tmp_path, progress=False)
+    recomputed = [(image, label) for images, labels in computed for image in images for label in labels]
+    assert len(recomputed) == len(set(recomputed)) == 10 - len(finished)  # no finished shard computed again
+    assert _cache_files(tmp_path) >= finished and len(_cache_files(tmp_path)) == 10
+    uninterrupted = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, progress=False)
+    pd.testing.assert_frame_equal(resumed.rows.drop(columns="seconds"), uninterrupted.rows.drop(columns="seconds"),
+                                  check_exact=True)
+
+
+class _DiesInItsFirstWorker(_Tiny):
+    """:class:`_Tiny`, except that in a process other than the one that built it, the first forward pass
+    (traced, when a shard is cut at its layer) kills that process, once over all processes: the one that
+    creates ``marker`` first."""
+
+    def __init__(self, marker):
+        super().__init__()
+        self.marker, self.home = str(marker), os.getpid()
+
+    def forward(self, x):
+        if os.getpid() != self.home:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+def test_a_dask_worker_killed_mid_shard_loses_and_repeats_no_rows(records, tmp_path):
+    """The local cluster's only worker dies in a shard, and the model it held with it: the model is sent
+    again to the worker Dask starts in its place, and every shard not yet done is computed there."""
+    model = make_tiny_model(_DiesInItsFirstWorker, tmp_path / "killed")
+    local = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, progress=False).rows
+    remote = E.evaluate(model, records, ["gradcam", "liftcam"], shard_size=1, dask_scheduler="local",
+                        progress=False).rows
+    assert (tmp_path / "killed").exists()  # the worker died in a shard
+    pd.testing.assert_frame_equal(remote.drop(columns="seconds"), local.drop(columns="seconds"), check_exact=True)

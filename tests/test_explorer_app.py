@@ -3,7 +3,9 @@ input answered in the app, the VQA model with a question, and the SHAP-CAM stepp
 (liftcam_utils.app.widgets.explorer_app and the explore functions behind it)."""
 
 import datetime
+import gc
 import io
+import weakref
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 
 import liftcam_utils as lu
 from liftcam_utils.app import explore, widgets
+from liftcam_utils.app.uploads import FORMATS, read_uploaded_image
 from liftcam_utils.datasets.synthetic_scenes import make_scenes
 from liftcam_utils.datasets.synthetic_vqa import make_vqa
 from liftcam_utils.engine.head_ops import is_affine_head
@@ -162,9 +165,32 @@ def test_app_uploads(app, scenes):
                                                  "converted to RGB\n")
     assert app.controls["image"].value == "upload: leaf.png"
     assert widgets.output_text(app.out).startswith("upload: leaf.png at features.14")
-    upload(app, "leaf.png", png(rgba))  # the same name again: a second entry
-    assert app.controls["image"].value == "upload: leaf.png (2)"
-    assert list(app.controls["image"].options)[-2:] == ["upload: leaf.png", "upload: leaf.png (2)"]
+    upload(app, "leaf.png", png(rgba))  # the same file again: it replaces the first, in the list and in memory
+    assert app.controls["image"].value == "upload: leaf.png"
+    assert [o for o in app.controls["image"].options if o.startswith("upload:")] == ["upload: leaf.png"]
+
+
+def test_only_the_current_upload_is_kept_in_memory(app, monkeypatch):
+    pictures = []
+
+    def remembered(content, name):
+        picture, notes = read_uploaded_image(content, name)
+        pictures.append(weakref.ref(picture))
+        return picture, notes
+
+    monkeypatch.setattr(widgets, "read_uploaded_image", remembered)
+    for colour in ("red", "green", "blue"):
+        upload(app, f"{colour}.png", png(Image.new("RGB", (64, 48), colour)))
+    gc.collect()
+    assert [picture() is not None for picture in pictures] == [False, False, True]
+    assert [o for o in app.controls["image"].options if o.startswith("upload:")] == ["upload: blue.png"]
+
+
+def test_the_upload_button_offers_exactly_the_accepted_formats(app):
+    accept = app.controls["upload"].accept.split(",")
+    assert sorted(s for s in accept if s.startswith(".")) == [".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff",
+                                                             ".webp"]
+    assert sorted(s for s in accept if s.startswith("image/")) == [f"image/{f.lower()}" for f in sorted(FORMATS)]
 
 
 def test_app_bad_layer_and_model(app, scenes):

@@ -5,11 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import EpsImagePlugin, Image, ImageFile
 
-from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, load_dataset, read_image_folder, select
+from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, ImageRecord, load_dataset, read_image_folder, select
 from liftcam_utils.datasets.embedded import skimage_photos
 from liftcam_utils.datasets.folder import IMAGENET_CATEGORIES, imagenet_class_index
+from liftcam_utils.datasets.synthetic_scenes import SCENE_CLASS_NAMES
+from liftcam_utils.datasets.synthetic_vqa import ANSWERS
+from liftcam_utils.evaluation import evaluate
 
 # tench and goldfish at their real indices 0 and 1, padded with made-up ids to 1000 in sorted order
 TENCH, GOLDFISH = "n01440764", "n01443537"
@@ -189,10 +192,87 @@ def test_a_file_that_is_not_an_image_is_an_error_naming_it(tmp_path, lite0, layo
     folder = tmp_path / "tench" if layout == "classes" else tmp_path
     write_image(folder / "good.jpg")
     (folder / "fake.jpg").write_text("this is text, not a JPEG")
-    with pytest.raises(ValueError, match=r"image file .*fake\.jpg' cannot be read as an image"):
+    with pytest.raises(ValueError, match=r"image file .*fake\.jpg' is not an image this package can read; replace"):
         load_dataset("folder", data_dir=tmp_path, model=lite0)
     (folder / "fake.jpg").unlink()
     data = write_image(folder / "cut.png", size=(200, 200)).read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"image file .*cut\.png' cannot be read as an image"):
+    with pytest.raises(ValueError, match=r"image file .*cut\.png' is a damaged PNG file"):
         load_dataset("folder", data_dir=tmp_path, model=lite0)
+
+
+# the header of a PostScript file: Pillow would parse it, then render it with Ghostscript when decoded
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n0 0 moveto 16 16 lineto stroke\n"
+
+
+def forbid(monkeypatch, target, attribute, what):
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError(what)
+
+    monkeypatch.setattr(target, attribute, forbidden)
+
+
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_a_postscript_file_named_jpg_is_refused_without_ghostscript(tmp_path, lite0, monkeypatch, layout):
+    folder = tmp_path / "tench" if layout == "classes" else tmp_path
+    write_image(folder / "good.jpg")
+    photo = folder / "photo.jpg"
+    photo.write_bytes(POSTSCRIPT)
+    with Image.open(photo) as image:
+        assert image.format == "EPS"  # Pillow alone would take it, whatever its name
+    forbid(monkeypatch, EpsImagePlugin.EpsImageFile, "_open", "Pillow's EPS parser ran on a dataset file")
+    forbid(monkeypatch, EpsImagePlugin, "Ghostscript", "Ghostscript ran on a dataset file")
+    refused = (r"image file .*photo\.jpg' is an image in EPS format, which this package does not read; convert it to "
+               r"a PNG, JPEG, GIF, BMP, TIFF, WebP or PPM/PGM file, or remove it")
+    with pytest.raises(ValueError, match=refused):
+        load_dataset("folder", data_dir=tmp_path, model=lite0)
+    with pytest.raises(ValueError, match=refused):
+        ImageRecord("photo.jpg", (0,), path=photo).image()
+
+
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_a_thin_strip_is_refused_by_its_aspect_ratio_before_decoding(tmp_path, lite0, monkeypatch, layout):
+    folder = tmp_path / "tench" if layout == "classes" else tmp_path
+    strip = write_image(folder / "strip.png", size=(3000, 1))  # the only image: nothing else is decoded
+    forbid(monkeypatch, ImageFile.ImageFile, "load", "a refused image was decoded")
+    refused = (r"image file .*strip\.png' is 3000 x 1 pixels; aspect ratios up to 10:1 are accepted \(the model sees "
+               r"the centre square of the image\): crop it, or remove it")
+    with pytest.raises(ValueError, match=refused):
+        load_dataset("folder", data_dir=tmp_path, model=lite0)
+    with pytest.raises(ValueError, match=refused):
+        ImageRecord("strip.png", (0,), path=strip).image()
+
+
+def test_netpbm_files_are_read(tmp_path):
+    root = tmp_path / "tench"
+    write_image(root / "a.ppm", seed=1)
+    write_image(root / "b.pgm", seed=2, mode="L")
+    records = load_dataset("folder", data_dir=tmp_path)
+    assert [r.name for r in records] == ["tench/a.ppm", "tench/b.pgm"]
+    assert [(r.image().mode, r.image().size) for r in records] == [("RGB", (40, 30))] * 2
+
+
+def test_records_carry_their_label_space(tmp_path, lite0, shapes):
+    """Every dataset names the classes its labels index; a flat folder takes the labelling model's."""
+    assert all(r.classes == IMAGENET_CATEGORIES for r in load_dataset("photos"))
+    assert all(r.classes == SCENE_CLASS_NAMES == tuple(shapes.categories) for r in load_dataset("scenes", n_images=3))
+    assert all(r.classes == ANSWERS for r in load_dataset("vqa", n_images=5))
+    root = class_folders(tmp_path / "classes", ["goldfish"])
+    assert all(r.classes == IMAGENET_CATEGORIES for r in load_dataset("folder", data_dir=root))
+    write_image(tmp_path / "flat" / "a.png")
+    assert load_dataset("folder", data_dir=tmp_path / "flat", model=shapes)[0].classes == SCENE_CLASS_NAMES
+
+
+def test_a_folder_of_imagenet_classes_is_refused_by_a_model_of_other_classes(tmp_path, lite0, shapes):
+    """A goldfish/ folder is labelled 1 (ImageNet's goldfish); the scenes model's class 1 is a green square."""
+    records = load_dataset("folder", data_dir=class_folders(tmp_path, ["goldfish"]))
+    lite0.check_label_space(records)
+    message = (r"record 'goldfish/img_0.jpg' is labelled in a label space of 1000 classes \(tench, goldfish, great "
+               r"white shark, ...\), but model 'shapes_vgg' classifies 6 classes \(red circle, green square, blue "
+               r"triangle, ...\) \(label 1 is 'goldfish' there, 'green square' here\)")
+    with pytest.raises(ValueError, match=message):
+        shapes.check_label_space(records)
+    with pytest.raises(ValueError, match="label space of 1000 classes"):
+        evaluate(shapes, records, ["gradcam"], metrics=("faithfulness",))
+    with pytest.raises(ValueError, match="label space of 6 classes"):
+        evaluate(lite0, load_dataset("scenes", n_images=2), ["gradcam"], metrics=("faithfulness",))

@@ -429,6 +429,16 @@ def test_scorecam_batch_size_does_not_change_results():
                                    rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("baseline", ["no", 0, None, 1.0])
+def test_scorecam_baseline_must_be_a_bool(baseline):
+    """A string such as "no" is truthy: taken as True, it would silently compute Definition 2's gains."""
+    inputs, _ = _scorecam_case()
+    with pytest.raises(TypeError, match=rf"baseline must be a bool: True \(.*\) or False \(.*\), got {baseline!r}"):
+        scorecam(inputs, baseline=baseline)
+    with pytest.raises(TypeError, match="baseline must be a bool"):
+        lu.coefficients("scorecam", inputs.split, inputs.x, [1, 2], baseline=baseline)
+
+
 @pytest.mark.parametrize("map_size, image_size", [(4, 8), (7, 224), (3, 10), (7, 225)])
 def test_scorecam_constant_map_gives_exactly_zero(map_size, image_size):
     """Up(constant) is constant, so its min-max mask is 0 and x o 0 is the baseline image itself.

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
-from liftcam_utils.datasets import Box
+from liftcam_utils.datasets import Box, ImageRecord
 from liftcam_utils.evaluation import metrics as M
 from liftcam_utils.models.registry import _imagenet_preprocess
 
@@ -343,3 +344,128 @@ def test_road_refuses_bad_input():
         M.noisy_linear_imputation(x[0], torch.ones(1, 3, 3))
     with pytest.raises(ValueError, match=r"saliency must be \(B, H, W\)"):
         M.top_fraction_mask(s[0], 0.5)
+
+
+# Non-finite inputs: NaN out, or refused; never a score
+
+
+def _net_nan_for_second_image(images):
+    """:func:`_net`, with NaN logits for image 1 of every batch (a model with a NaN weight on some inputs)."""
+    logits = _net(images)
+    logits[1:2] = torch.nan
+    return logits
+
+
+def test_ic_ad_add_terms_of_non_finite_confidences_are_nan():
+    """A NaN or infinite Y, O or D gives a NaN term, never IC 0, AD 0 (the best score) or ADD 0; finite ones
+    are untouched, including Y = 0."""
+    nan, inf = math.nan, math.inf
+    y = torch.tensor([0.5, nan, 0.5, 0.0, 0.5, inf])
+    other = torch.tensor([0.6, 0.4, nan, nan, -inf, 0.5])
+    for term in (M.increase_in_confidence, M.average_drop, M.average_drop_in_deletion):
+        values = term(y, other)
+        assert values[1:].isnan().all(), term.__name__
+        assert values[0].isfinite()
+    assert M.average_drop(torch.tensor([0.0]), torch.tensor([0.3])).item() == 0  # Y = 0 stays defined
+    x = torch.zeros(2, 1, 2, 2)
+    scores = M.confidence_scores(_net_nan_for_second_image, x, torch.rand(2, 2, 2), torch.tensor([0, 0]),
+                                 torch.zeros(1, 1, 1))
+    for term, other in ((M.increase_in_confidence, "O"), (M.average_drop, "O"), (M.average_drop_in_deletion, "D")):
+        values = term(scores["Y"], scores[other])
+        assert values[0].isfinite() and values[1].isnan()
+
+
+def test_insertion_deletion_and_road_of_a_nan_model_are_nan():
+    x = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    s = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([0, 0])
+    curves = M.insertion_deletion_curves(_net_nan_for_second_image, x, s, target, torch.zeros(1, 1, 1))
+    road = M.road_curves(_net_nan_for_second_image, x, s, target, fractions=[0.2, 0.5], noise=0.0)
+    for curve, score in ((curves["insertion"], M.auc), (curves["deletion"], M.auc),
+                         (road["morf"], M.road_score), (road["lerf"], M.road_score)):
+        assert curve[0].isfinite().all() and curve[1].isnan().all()
+        assert score(curve)[0].isfinite() and score(curve)[1].isnan()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_saliency_maps_with_non_finite_values_are_refused(bad):
+    """A map with a NaN or infinite pixel has no ranking and no energy: every metric of a map refuses it,
+    naming the map, where the ranking would have put the NaN pixel somewhere and scored the result."""
+    x = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    s = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(1))
+    s[1, 2, 0] = bad
+    target, baseline = torch.tensor([0, 0]), torch.zeros(1, 1, 1)
+    refused = r"saliency has NaN or infinite values in map\(s\) \[1\]"
+    calls = {
+        "confidence_scores": lambda: M.confidence_scores(_net, x, s, target, baseline),
+        "insertion_deletion_curves": lambda: M.insertion_deletion_curves(_net, x, s, target, baseline),
+        "road_curves": lambda: M.road_curves(_net, x, s, target, fractions=[0.5], noise=0.0),
+        "top_fraction_mask": lambda: M.top_fraction_mask(s, 0.5),
+        "bottom_fraction_mask": lambda: M.bottom_fraction_mask(s, 0.5),
+        "energy_pointing_game": lambda: M.energy_pointing_game(s, torch.ones(2, 3, 3)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=refused):
+            call()
+            pytest.fail(name)
+
+
+def test_cosine_similarity_of_a_non_finite_row_is_nan():
+    a = torch.tensor([[1.0, 2.0], [math.nan, 1.0], [0.0, 0.0], [1.0, math.inf]])
+    b = torch.tensor([[2.0, 4.0], [1.0, 1.0], [math.nan, 0.0], [1.0, 1.0]])
+    cosine = M.cosine_similarity(a, b)
+    assert cosine[0].item() == pytest.approx(1.0) and cosine[1:].isnan().all()
+    assert M.cosine_similarity(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0])).item() == 0  # a zero row: 0
+
+
+# Edge errors name what is valid
+
+
+def test_an_empty_batch_of_maps_is_refused():
+    for empty in (torch.zeros(0, 4, 4), torch.zeros(2, 0, 4)):
+        with pytest.raises(ValueError, match=r"saliency \(\d, \d, 4\) is empty: give at least one map"):
+            M.top_fraction_mask(empty, 0.5)
+        with pytest.raises(ValueError, match="is empty"):
+            M.bottom_fraction_mask(empty, 0.5)
+
+
+def test_a_record_without_labels_has_no_target_to_score():
+    """The evaluation takes each record's target from ``record.label``; ``labels=()`` says so instead of
+    'tuple index out of range'."""
+    record = ImageRecord(name="unlabelled", labels=(), pixels=Image.new("RGB", (4, 4)))
+    with pytest.raises(ValueError, match=r"record 'unlabelled' has no labels \(labels=\(\)\).*e\.g\. labels=\(3,\)"):
+        _ = record.label
+    assert ImageRecord(name="two", labels=(5, 2), pixels=Image.new("RGB", (4, 4))).label == 5
+
+
+def test_one_map_is_never_broadcast_over_a_batch():
+    """A (1, H, W) map with 2 images: every metric of a map refuses it, naming both shapes and the valid one."""
+    x = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    one = torch.rand(1, 3, 3, generator=torch.Generator().manual_seed(1))
+    target, baseline = torch.tensor([0, 0]), torch.zeros(1, 1, 1)
+    mismatch = r"\(1, 3, 3\) does not match the images \(2, 1, 3, 3\): expected one map per image, shape \(2, 3, 3\)"
+    with pytest.raises(ValueError, match="saliency " + mismatch):
+        M.confidence_scores(_net, x, one, target, baseline)
+    with pytest.raises(ValueError, match="saliency " + mismatch):
+        M.insertion_deletion_curves(_net, x, one, target, baseline)
+    with pytest.raises(ValueError, match="saliency " + mismatch):
+        M.road_curves(_net, x, one, target, noise=0.0)
+    with pytest.raises(ValueError, match="keep " + mismatch):
+        M.blend(x, one, baseline)
+
+
+def test_energy_pointing_game_refuses_signed_maps_and_masks_that_are_not_binary():
+    """Eq. 14 is the energy of a non-negative map inside the box over its total: the signed map below scored
+    10.0 and the mask of 0 / 7 values 3.5, neither a share."""
+    box = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    signed = torch.tensor([[[1.0, -0.5], [-0.3, -0.1]]])  # total 0.1, inside 1
+    with pytest.raises(ValueError, match=r"saliency has negative values \(minimum -0\.5\).*non-negative map"):
+        M.energy_pointing_game(signed, box)
+    s = torch.tensor([[[0.5, 0.2], [0.2, 0.1]]])  # total 1
+    for mask in (torch.tensor([[[7.0, 0.0], [0.0, 0.0]]]), torch.tensor([[[1.0, 0.5], [0.0, 0.0]]]),
+                 torch.tensor([[[1.0, math.nan], [0.0, 0.0]]])):
+        with pytest.raises(ValueError, match="box_mask must be binary, 0 outside and 1 inside the boxes"):
+            M.energy_pointing_game(s, mask)
+    assert M.energy_pointing_game(s, box.bool()).item() == pytest.approx(0.5)  # a boolean mask is binary
+    with pytest.raises(ValueError, match=r"saliency \(1, 2, 2\) and box mask \(1, 3, 3\) differ"):
+        M.energy_pointing_game(s, torch.zeros(1, 3, 3))

@@ -2,9 +2,10 @@
 
 import json
 import random
+import re
 
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image, ImageFile
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 from torchvision.models.detection.faster_rcnn import _COCO_CATEGORIES
 
@@ -398,3 +399,53 @@ def test_select_ids_is_random_sample_of_sorted_ids():
     ids = [f"{i:03d}" for i in range(50, 0, -1)]
     assert select_ids(ids, 5, seed=7) == sorted(random.Random(7).sample(sorted(ids), 5))
     assert select_ids(ids, None) == sorted(ids)
+
+
+# ----------------------------------------------------------------------------- image files checked before decoding
+
+POSTSCRIPT = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n0 0 moveto 16 16 lineto stroke\n"
+
+
+def forbid(monkeypatch, target, attribute, what):
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError(what)
+
+    monkeypatch.setattr(target, attribute, forbidden)
+
+
+@pytest.mark.parametrize("reader, root", READERS)
+def test_a_thin_strip_is_refused_by_its_aspect_ratio_before_decoding(reader, root, request, monkeypatch):
+    root = request.getfixturevalue(root)
+    record = reader(root)[0]
+    Image.new("RGB", (3000, 1), (120, 60, 30)).save(record.path, "JPEG")
+    forbid(monkeypatch, ImageFile.ImageFile, "load", "a refused image was decoded")
+    refused = (rf"image file {re.escape(repr(str(record.path)))} is 3000 x 1 pixels; aspect ratios up to 10:1 are "
+               r"accepted \(the model sees the centre square of the image\): crop it, or remove it")
+    with pytest.raises(ValueError, match=refused):  # the reader checks each selected file's header
+        reader(root)
+    with pytest.raises(ValueError, match=refused):  # and so does the record's image()
+        record.image()
+
+
+@pytest.mark.parametrize("reader, root", READERS)
+def test_a_postscript_file_with_an_image_name_is_refused_without_ghostscript(reader, root, request, monkeypatch):
+    root = request.getfixturevalue(root)
+    record = reader(root)[0]
+    record.path.write_bytes(POSTSCRIPT)
+    with Image.open(record.path) as image:
+        assert image.format == "EPS"  # Pillow alone would take it, whatever its name
+    forbid(monkeypatch, EpsImagePlugin.EpsImageFile, "_open", "Pillow's EPS parser ran on a dataset file")
+    forbid(monkeypatch, EpsImagePlugin, "Ghostscript", "Ghostscript ran on a dataset file")
+    refused = rf"image file {re.escape(repr(str(record.path)))} is an image in EPS format, which this package does not"
+    with pytest.raises(ValueError, match=refused):
+        reader(root)
+    with pytest.raises(ValueError, match=refused):
+        record.image()
+
+
+def test_each_reader_names_the_label_space_of_its_labels(imagenet_root, voc_root, coco_root):
+    """The labels index ImageNet's 1000 classes in torchvision's order, VOC's 20 and COCO's 80 (the paper's models'
+    classes: load_model's categories), so evaluate can refuse a model of other classes."""
+    assert {r.classes for r in read_imagenet_val(imagenet_root)} == {tuple(_IMAGENET_CATEGORIES)}
+    assert {r.classes for r in read_voc2007_test(voc_root)} == {VOC_CLASSES}
+    assert {r.classes for r in read_coco2014_val(coco_root)} == {COCO_CLASSES}

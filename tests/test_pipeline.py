@@ -168,6 +168,65 @@ def test_non_finite_images_are_refused(small, batch, bad):
             explain("liftcam", split, batch)
 
 
+@pytest.mark.parametrize("explain", [lu.coefficients, lu.saliency])
+def test_a_nan_bias_is_refused_not_scored(small, batch, explain):
+    """A NaN in the last linear layer's bias makes every logit of that class NaN: refused where the pipeline
+    prepares the logits, naming the layer, the images and where to look, never a map or a score."""
+    split = lu.split_model(small, "features.2")
+    with torch.no_grad():
+        small.classifier[3].bias[2] = torch.nan
+    with pytest.raises(ValueError, match=r"the logits of the head after layer 'features.2' contain NaN or infinite "
+                                         r"values for image\(s\) \[0, 1, 2\].*check the weights of the layers "
+                                         r"after 'features.2' \(the head\)"):
+        explain("liftcam", split, batch)
+
+
+@pytest.mark.parametrize("explain", [lu.coefficients, lu.saliency])
+def test_an_infinite_convolution_weight_is_refused_not_drawn(small, batch, explain):
+    """An infinite weight of the body's convolution makes the maps infinite (or NaN after the batch norm):
+    refused as the maps are prepared, naming the layer; never the all-zero map min-max would draw."""
+    split = lu.split_model(small, "features.2")
+    with torch.no_grad():
+        small.features[0].weight[1, 0, 1, 1] = torch.inf
+    with pytest.raises(ValueError, match=r"the activation maps A of layer 'features.2' contain NaN or infinite "
+                                         r"values for image\(s\) \[0, 1, 2\].*check the weights of the layers up "
+                                         r"to 'features.2'"):
+        explain("gradcam", split, batch)
+
+
+def test_non_finite_logits_name_the_images_they_come_from(small, batch):
+    """Finite weights and images whose logits overflow float32 for one image only: that image is named."""
+    split = lu.split_model(small, "features.2")
+    with torch.no_grad():
+        small.classifier[3].weight.mul_(1e30)
+    batch = batch.clone()
+    batch[1] *= 1e12
+    assert torch.isfinite(split.body(batch)).all()
+    with pytest.raises(ValueError, match=r"the logits .* for image\(s\) \[1\] of the batch"):
+        lu.coefficients("liftcam", split, batch)
+
+
+def test_cam_map_refuses_non_finite_weights_and_maps():
+    """NaN or infinite weights (alpha or per-pixel), maps or a weighted sum that overflows: refused with the
+    images named, never the all-zero map that min-max makes of a NaN."""
+    maps = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    alpha = torch.ones(2, 3)
+    alpha[1, 2] = torch.nan
+    with pytest.raises(ValueError, match=r"the method's weights \(alpha or per-pixel weights\) have NaN or infinite "
+                                         r"values for image\(s\) \[1\]"):
+        cam_map(alpha, maps, (8, 8))
+    per_pixel = torch.ones_like(maps)
+    per_pixel[0, 0, 1, 1] = -torch.inf
+    with pytest.raises(ValueError, match=r"the method's weights .* for image\(s\) \[0\]"):
+        cam_map(per_pixel, maps, (8, 8))
+    bad_maps = maps.clone()
+    bad_maps[1, 0, 0, 0] = torch.nan
+    with pytest.raises(ValueError, match=r"the activation maps A have NaN or infinite values for image\(s\) \[1\]"):
+        cam_map(torch.ones(2, 3), bad_maps, (8, 8))
+    with pytest.raises(ValueError, match=r"sum_k alpha_k A_k overflows torch.float32 for image\(s\) \[0, 1\]"):
+        cam_map(torch.full((2, 3), 3e38), maps + 1, (8, 8))
+
+
 def test_input_errors_name_what_is_valid(small, batch):
     split = lu.split_model(small, "features.2")
     with pytest.raises(ValueError, match=r"unknown method 'gradcam\+'.*gradcam\+\+.*liftcam"):

@@ -1,6 +1,8 @@
 """The synthetic VQA task: answers checked against the pixels, question encoding, and VQA records
 through the batch runner with each question fixed."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -106,5 +108,9 @@ def test_batch_runner_fixes_each_question(random_vqa_model, vqa):
         fixed = random_vqa_model.fixed(record.question)
         x = random_vqa_model.preprocess(record.image())[None]
         assert y == pytest.approx(fixed.net(x).softmax(1)[0, record.label].item(), rel=1e-5)
+    image_model = lu.load_model("shapes_vgg", weights=None)
+    with pytest.raises(ValueError, match="label space of 18 classes .* but model 'shapes_vgg' classifies 6 classes"):
+        evaluate(image_model, records, ["gradcam"], progress=False)
+    unknown_space = [dataclasses.replace(record, classes=None) for record in records]
     with pytest.raises(ValueError, match="VQA records need a VQA model"):
-        evaluate(lu.load_model("shapes_vgg", weights=None), records, ["gradcam"], progress=False)
+        evaluate(image_model, unknown_space, ["gradcam"], progress=False)

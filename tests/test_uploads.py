@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import EpsImagePlugin, GifImagePlugin, Image, TiffImagePlugin
 
 from liftcam_utils.app.uploads import ACCEPTED, MAX_PIXELS, MAX_SIDE, read_uploaded_image
@@ -166,6 +167,22 @@ def test_damaged_header_of_an_accepted_format():
     damaged = content[:16] + b"\x00" * 20  # the PNG signature, then no valid header chunk
     with pytest.raises(ValueError, match=r"'f' is a damaged PNG file \(its header cannot be read\)"):
         read_uploaded_image(damaged, "f")
+
+
+@pytest.mark.parametrize("dtype, shape, samples", [
+    (np.float32, (8, 8, 3), "3 channels of 32-bit floating-point samples"),
+    (np.float64, (8, 8), "1 channel of 64-bit floating-point samples"),
+    (np.float16, (8, 8), "1 channel of 16-bit floating-point samples"),
+])
+def test_a_valid_tiff_pillow_cannot_read_is_named_by_its_samples_not_called_damaged(dtype, shape, samples):
+    """Float TIFFs that Pillow has no mode for (float RGB, float64, float16) are valid files of another kind of
+    samples: the reason says which; a TIFF cut inside its header is still damaged."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.linspace(0, 1, int(np.prod(shape))).reshape(shape).astype(dtype))
+    with pytest.raises(ValueError, match=f"'x.tif' is a TIFF of {samples}, which this app does not read"):
+        read_uploaded_image(buffer.getvalue(), "x.tif")
+    with pytest.raises(ValueError, match=r"'x.tif' is a damaged TIFF file \(its header cannot be read\)"):
+        read_uploaded_image(buffer.getvalue()[:40], "x.tif")
 
 
 def test_damaged_exif_is_refused():

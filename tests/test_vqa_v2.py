@@ -3,12 +3,13 @@ checkpoint in its original format loaded and explained end to end, and the synth
 
 import json
 import random
+import re
 import warnings
 
 import pytest
 import torch
 from conftest import head_values
-from PIL import Image
+from PIL import EpsImagePlugin, Image, ImageFile
 
 import liftcam_utils as lu
 from liftcam_utils.datasets import DATASETS, DEFAULT_MODELS, AnswersLeftOutWarning, load_dataset, read_vqa_v2
@@ -96,12 +97,31 @@ def test_vqa_v2_records(vqa_root):
         "vqa_42000", "vqa_42001", "vqa_42002", "vqa_73000", "vqa_262148000", "vqa_262148001"
     ]
     assert [r.labels for r in records] == [(5,), (4,), (1,), (3,), (6,), (7,)]
+    assert {r.classes for r in records} == {tuple(VOCABULARY)}  # the labels index the answer vocabulary
     assert [r.question for r in records] == [q[2] for q in VALID]
     assert all(r.boxes == () for r in records)
     for record, (image_id, *_rest) in zip(records, VALID, strict=True):
         assert record.path == vqa_root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg"
         assert record.image().size == IMAGE_SIZES[image_id]
     assert [VOCABULARY[r.label] for r in records] == [q[3] for q in VALID]
+
+
+def test_vqa_v2_image_files_are_checked_before_decoding(vqa_root, monkeypatch):
+    records = read_quietly(vqa_root, VOCABULARY)
+    path = records[0].path
+    named = f"image file {re.escape(repr(str(path)))}"
+    Image.new("RGB", (1, 3000)).save(path, "JPEG")
+    with monkeypatch.context() as patched:
+        patched.setattr(ImageFile.ImageFile, "load", lambda *_: pytest.fail("a refused image was decoded"))
+        for read in (lambda: read_quietly(vqa_root, VOCABULARY), records[0].image):
+            with pytest.raises(ValueError, match=rf"{named} is 1 x 3000 pixels; aspect ratios up to 10:1"):
+                read()
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n")
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda *_: pytest.fail("EPS parser ran"))
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *_: pytest.fail("Ghostscript ran"))
+    for read in (lambda: read_quietly(vqa_root, VOCABULARY), records[0].image):
+        with pytest.raises(ValueError, match=rf"{named} is an image in EPS format, which this package does not read"):
+            read()
 
 
 def test_vqa_v2_labels_index_the_given_vocabulary(vqa_root):

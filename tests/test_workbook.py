@@ -1,6 +1,7 @@
 """The workbook runner executes numbered notebooks with papermill, passes parameters, and
 collects the tables the notebooks save into REPORT.md."""
 
+import ast
 from pathlib import Path
 
 import nbformat
@@ -11,9 +12,9 @@ from liftcam_utils.app import workbook
 from liftcam_utils.evaluation import report
 
 
-def _notebook(path, source):
+def _notebook(path, source, parameters="n_images = 2\noutput_dir = 'nowhere'"):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("n_images = 2\noutput_dir = 'nowhere'")
+    params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(source)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -82,3 +83,119 @@ def test_report_opens_with_the_verdicts(tmp_path):
     verdict_at, table_at = text.index("## Verdicts"), text.index("04_faithfulness_table3")
     assert verdict_at < table_at
     assert "| photos | a lowers AD | Table 3 | 3.5 vs 8.5 (b) | -5 [-5, -5] | 8 | 0.0078 | holds |" in text
+
+
+def _injected(tmp_path, parameters):
+    """The parameters cell papermill writes for ``parameters`` into a tiny notebook (no kernel runs)."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    path = tmp_path / "tiny.ipynb"
+    _notebook(path, "print(n)", parameters="n = 1")
+    nb = parameterize_notebook(load_notebook_node(str(path)), parameters)
+    cells = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    return cells[0].source
+
+
+def test_an_injection_exploit_arrives_as_an_inert_list_of_strings(tmp_path):
+    marker = tmp_path / "pwned"
+    text = '("\\"+str(__import__(\\"os\\").system(\\"touch ' + str(marker) + '\\"))+\\"",)'
+    payload = ast.literal_eval(text)[0]
+    assert payload == '"+str(__import__("os").system("touch ' + str(marker) + '"))+"'
+    # the test sees the exploit: the tuple itself, as papermill writes it, runs the shell command
+    exec(_injected(tmp_path, {"n": ast.literal_eval(text)}), {})
+    assert marker.exists()
+    marker.unlink()
+    value = workbook.parse_parameter("n", text)
+    assert value == [payload]
+    namespace = {}
+    exec(_injected(tmp_path, {"n": value}), namespace)
+    assert namespace["n"] == [payload] and not marker.exists()
+
+
+ADVERSARIAL = ['"', "'", '\\', '\\"', '\\\\"', '"""', "'''", '"; import os; os.system("true"); "', "a\nb = 1\n#",
+               "\r\x00\x0b\x0c\x1b", "\u2028\u2029\x85", "é \U0001f600 \\u0041 \\N{BULLET}", "\udcff", "{x}", "%s",
+               "\\x41", '" + __import__("os").getcwd() + "', "\t#", "\\\n"]
+
+
+@pytest.mark.parametrize("payload", ADVERSARIAL)
+def test_a_string_cannot_break_out_of_the_injected_cell(tmp_path, payload):
+    """papermill escapes a str (unicode_escape, then every double quote), so the injected assignment reads back
+    (ast.literal_eval, which runs no code) as exactly the string, alone or inside lists and dict keys and values."""
+    from papermill.translators import PythonTranslator
+
+    assert ast.literal_eval(PythonTranslator.translate(payload)) == payload
+    for value in (payload, [payload, {"k" + payload: payload}]):
+        assert workbook._injectable("n", value) == value
+        source = _injected(tmp_path, {"n": value})
+        assigns = [node for node in ast.parse(source).body if isinstance(node, ast.Assign)]
+        assert [a.targets[0].id for a in assigns] == ["n"]
+        assert ast.literal_eval(assigns[0].value) == value
+    try:
+        ast.literal_eval(payload)
+    except (ValueError, SyntaxError):  # no Python literal: the command line passes it on as itself
+        assert workbook.parse_parameter("n", payload) == payload
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("(1, 10, 100)", [1, 10, 100]), ("{1, 2}", [1, 2]), ("{3, 1, 2}", [1, 2, 3]),
+    ("((1, 2), {'a': (3,)})", [[1, 2], {"a": [3]}]), ("{(2, 1), (0, 5)}", [[0, 5], [2, 1]]),
+    ("photos", "photos"), ("cuda", "cuda"), ("'1'", "1"), ("7", 7), ("-2.5", -2.5),
+    ("True", True), ("None", None), ("[1, 2", "[1, 2"), ("{'photos': 3, 'scenes': 12}", {"photos": 3, "scenes": 12}),
+])
+def test_parameters_are_json_like(tmp_path, text, value):
+    parsed = workbook.parse_parameter("n", text)
+    assert parsed == value and type(parsed) is type(value)
+    namespace = {}
+    exec(_injected(tmp_path, {"n": parsed}), namespace)
+    assert namespace["n"] == value and type(namespace["n"]) is type(value)
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("b'x'", "of type bytes"), ("1j", "of type complex"), ("(1, 1j)", "of type complex"), ("...", "of type ellipsis"),
+    ("{1: 2}", "key 1"), ("{1, 'a'}", "cannot be sorted"), ("1e999", "not a finite float"), ("{[1]: 2}", "unhashable"),
+])
+def test_other_literals_are_refused_naming_the_parameter_the_value_and_the_valid_types(text, why):
+    with pytest.raises(workbook.ParameterError) as refused:
+        workbook.parse_parameter("n_permutations", text)
+    message = str(refused.value)
+    assert "'n_permutations'" in message and repr(text) in message and why in message
+    if why != "unhashable":
+        assert workbook.VALID_TYPES in message
+
+
+def _two_notebooks(tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _notebook(notebooks / "00_a.ipynb", "raise RuntimeError('must not run')")
+    _notebook(notebooks / "01_b.ipynb", "raise RuntimeError('must not run')",
+              parameters="n_permutations = 4\ndevice = 'cpu'")
+    return notebooks
+
+
+def test_an_unknown_parameter_is_refused_before_any_notebook_runs(tmp_path, capsys):
+    notebooks, out = _two_notebooks(tmp_path), tmp_path / "out"
+    valid = "valid names: device, n_images, n_permutations, output_dir"
+    with pytest.raises(workbook.ParameterError, match=f"n_imagse; {valid}"):
+        workbook.run(notebooks, out, {"n_images": 3, "n_imagse": 3})
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exited:
+        workbook.main([str(notebooks), str(out), "-p", "n_permutation", "10"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"n_permutation; {valid}" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_the_command_line_refuses_a_bad_value_or_a_parameter_it_would_ignore(tmp_path, capsys):
+    notebooks, out = _two_notebooks(tmp_path), tmp_path / "out"
+    for argv in ([str(notebooks), str(out), "-p", "n_permutations", "b'x'"],
+                 ["--quick-copies", str(tmp_path / "quick"), "-p", "n_images", "3"],
+                 ["--in-place", str(notebooks / "00_a.ipynb"), "-p", "n_images", "3"]):
+        with pytest.raises(SystemExit) as exited:
+            workbook.main(argv)
+        assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "parameter 'n_permutations': the value \"b'x'\" is of type bytes" in err and "-p applies to" in err
+    assert not out.exists() and not (tmp_path / "quick").exists()

@@ -12,6 +12,9 @@
 * a damaged EXIF block (metadata Pillow cannot parse);
 * a float image with NaN or infinite pixel values.
 
+The format and size checks are the dataset readers' (:mod:`liftcam_utils.datasets.image_files`), with the
+messages worded for an upload (:data:`UPLOADS`).
+
 It converts, with a note for each change: an EXIF orientation is applied (a value outside 1-8 is ignored);
 grayscale, palette and CMYK images become RGB (16-bit and float grayscale mapped from its own range to 0-255);
 transparent pixels (RGBA, LA, a palette with transparency) are composited on white. Of a file with several
@@ -23,34 +26,36 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-MAX_SIDE = 8192
-MAX_PIXELS = 20_000_000
-MAX_ASPECT = 10.0
-# Pillow's format names of the accepted files; Pillow reports a JPEG with an embedded preview or depth map as MPO
-FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+from ..datasets.image_files import (
+    FORMATS,
+    MAX_ASPECT,
+    MAX_PIXELS,
+    MAX_SIDE,
+    ImageFilePolicy,
+    load_checked,
+    open_checked,
+)
+
 ACCEPTED = "PNG, JPEG, GIF, BMP, TIFF or WebP"
+# the format allow-list and the size limits are the datasets' (liftcam_utils.datasets.image_files); the words are ours
+UPLOADS = ImageFilePolicy(
+    formats=FORMATS, accepted=ACCEPTED, reader="this app", subject="",
+    not_image=f"upload a {ACCEPTED} file", other_format=f"upload a {ACCEPTED} file (convert it first)",
+    damaged=f"upload a complete {ACCEPTED} file", downscale="downscale it first", crop="crop it first")
+# the file types the upload button offers (its HTML ``accept``): each accepted format's suffixes and media type
+_SUFFIXES = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "GIF": (".gif",), "BMP": (".bmp",), "TIFF": (".tif", ".tiff"),
+             "WEBP": (".webp",)}
+UPLOAD_ACCEPT = ",".join([*(suffix for format in FORMATS for suffix in _SUFFIXES[format]),
+                          *(f"image/{format.lower()}" for format in FORMATS)])
 _WHITE = (255, 255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TRANSFORMS = range(2, 9)  # the orientations 2-8 flip or rotate; 1 is upright
 # what Pillow raises on EXIF data it cannot parse (a bad TIFF header, IFD entries past the end, wrong types)
 _EXIF_ERRORS = (SyntaxError, ValueError, OSError, KeyError, IndexError, TypeError, struct.error)
-
-
-def _limits_error(name: str, width: int, height: int) -> ValueError | None:
-    """Why a ``width`` x ``height`` image is refused, or None when it is accepted."""
-    size = f"{name!r} is {width} x {height} pixels"
-    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
-        return ValueError(f"{size}; images up to {MAX_SIDE} pixels a side and {MAX_PIXELS / 1e6:.0f} megapixels "
-                          f"are accepted (the model sees 224 x 224): downscale it first")
-    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
-        return ValueError(f"{size}; aspect ratios up to {MAX_ASPECT:.0f}:1 are accepted (the model sees the "
-                          f"centre square of the image): crop it first")
-    return None
 
 
 def _as_rgb(image: Image.Image, name: str, notes: list[str]) -> Image.Image:
@@ -77,45 +82,6 @@ def _as_rgb(image: Image.Image, name: str, notes: list[str]) -> Image.Image:
     return image.convert("RGB")
 
 
-def _signature_matches(format: str, prefix: bytes) -> bool:
-    """Whether ``prefix`` (a file's first bytes) starts with the signature of Pillow's ``format``."""
-    accept = Image.OPEN[format][1]
-    try:
-        return bool(accept and accept(prefix))
-    except (IndexError, TypeError, struct.error):  # a check that reads past the end of a very short file
-        return False
-
-
-def _detected_format(prefix: bytes) -> str | None:
-    """The Pillow format whose signature starts ``prefix`` (an accepted format first), or None. Only the formats'
-    signature checks run: no decoder or parser of a refused format ever sees the file."""
-    Image.init()
-    candidates = [*FORMATS, *(format for format in Image.ID if format not in FORMATS)]
-    return next((format for format in candidates if _signature_matches(format, prefix)), None)
-
-
-def _open(content: bytes, name: str) -> Image.Image:
-    """The image in ``content``, opened lazily (header only) by the plugin of an accepted format; ``ValueError``
-    when it is none."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(content), formats=FORMATS)
-    except UnidentifiedImageError as error:
-        detected = _detected_format(content[:16])
-        if detected in FORMATS:  # its signature, then a header the plugin could not parse
-            raise ValueError(f"{name!r} is a damaged {detected} file (its header cannot be read); upload a complete "
-                             f"{ACCEPTED} file") from error
-        if detected is not None:
-            raise ValueError(f"{name!r} is an image in {detected} format, which this app does not read; upload a "
-                             f"{ACCEPTED} file (convert it first)") from error
-        raise ValueError(f"{name!r} is not an image this app can read; upload a {ACCEPTED} file") from error
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise ValueError(f"{name!r} is far too large to decode ({error}); downscale it first") from error
-    except (OSError, SyntaxError, ValueError) as error:  # a recognised format with a broken header
-        raise ValueError(f"{name!r} is a damaged image file ({error}); upload a complete {ACCEPTED} file") from error
-
-
 def _upright(image: Image.Image, name: str, notes: list[str]) -> Image.Image:
     """``image`` flipped or rotated as its EXIF orientation says; ``ValueError`` for a damaged EXIF block."""
     try:
@@ -139,20 +105,12 @@ def read_uploaded_image(content: bytes, name: str = "upload") -> tuple[Image.Ima
     content = bytes(content)
     if not content:
         raise ValueError(f"{name!r} is empty; upload an image file ({ACCEPTED})")
-    image = _open(content, name)
-    refusal = _limits_error(name, *image.size)
-    if refusal is not None:
-        raise refusal
+    image = open_checked(io.BytesIO(content), name, UPLOADS)  # format and size, from the first bytes and header
     notes = []
-    try:
-        if getattr(image, "is_animated", False):  # reads at most the second frame's header, never counts them all
-            notes.append("image with several frames (an animation or pages): only its first frame is used")
-        image.load()
-    except (OSError, SyntaxError, ValueError, IndexError, struct.error) as error:  # truncated or corrupt frames
-        raise ValueError(f"{name!r} is a damaged {image.format} file ({error}); upload a complete {ACCEPTED} "
-                         f"file") from error
+    if load_checked(image, name, UPLOADS):
+        notes.append("image with several frames (an animation or pages): only its first frame is used")
     image = _upright(image, name, notes)
     return _as_rgb(image, name, notes), notes
 
 
-__all__ = ["ACCEPTED", "FORMATS", "MAX_ASPECT", "MAX_PIXELS", "MAX_SIDE", "read_uploaded_image"]
+__all__ = ["ACCEPTED", "FORMATS", "UPLOAD_ACCEPT", "MAX_ASPECT", "MAX_PIXELS", "MAX_SIDE", "read_uploaded_image"]

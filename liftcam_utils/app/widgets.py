@@ -22,7 +22,7 @@ from ..evaluation.metrics import ABSENT_CHOICES, DELTAS
 from ..methods import METHODS
 from ..models import load_model
 from . import explore
-from .uploads import read_uploaded_image
+from .uploads import UPLOAD_ACCEPT, read_uploaded_image
 
 ERROR_PREFIX = "Error: "
 
@@ -308,7 +308,7 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
     loaded = {}
 
     image = W.Dropdown(options=list(images["image"]), description="image")
-    upload = W.FileUpload(accept="image/*", multiple=False, description="upload image", icon="")
+    upload = W.FileUpload(accept=UPLOAD_ACCEPT, multiple=False, description="upload image", icon="")
     model = W.Dropdown(options=list(models), description="model")
     layer = W.Combobox(description="layer", ensure_option=False, continuous_update=False,
                        placeholder="a module path, e.g. _blocks.15")
@@ -458,12 +458,14 @@ def explorer_app(records=None, models=EXPLORER_MODELS, layers=None, options=None
 
         def accept():
             picture, notes = read_uploaded_image(uploaded["content"], name)
-            label = _unused_label(f"upload: {name}", [*image.options, *uploads])
+            others = [option for option in image.options if option not in uploads]
+            uploads.clear()  # only the current upload is kept: a new one replaces it, in memory and in the list
+            label = _unused_label(f"upload: {name}", others)
             uploads[label] = lambda: picture
             _show(messages, text=f"{label}: {picture.width} x {picture.height} pixels"
                                  + "".join(f"\n  {note}" for note in notes))
             with quietly():
-                image.options = [*image.options, label]
+                image.options = [*others, label]
             image.value = label
 
         _guarded(messages, accept)

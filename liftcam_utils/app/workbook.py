@@ -6,8 +6,11 @@
 
 Executed notebooks are written to ``OUTPUT_DIR`` (default ``results/``), with the tables and figures
 they save and ``REPORT.md``, which collects them. ``-p`` overrides a
-parameter of every notebook that declares it in its ``parameters`` cell (values are parsed as
-Python literals where possible, e.g. ``-p n_images 1000 -p device cuda``).
+parameter of every notebook that declares it in its ``parameters`` cell, e.g. ``-p n_images 1000 -p device cuda``.
+A name that no notebook declares is refused (with the valid names) before any notebook runs. A value is read as a
+Python literal where it is one and kept as text otherwise (``cuda`` above); a literal must be JSON-like: None, a bool,
+an int, a finite float, a str, or lists and str-keyed dicts of those (a tuple or set becomes a list, a set sorted).
+Anything else (bytes, complex, ...) is refused: papermill would write it into the notebook as unescaped text.
 
 ``--in-place`` re-executes committed notebooks (all numbered ones by default) at their default
 parameters, keeping their outputs for readers, without papermill's timing metadata, and rebuilds
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import sys
 from pathlib import Path
 
@@ -40,11 +44,82 @@ QUICK_PARAMETERS = {
 }
 
 
-def _literal(text: str):
+VALID_TYPES = "None, bool, int, finite float, str, or lists (tuples, sets) and str-keyed dicts of those"
+
+
+class ParameterError(ValueError):
+    """A ``-p`` parameter refused: unknown name, or a value papermill cannot inject safely."""
+
+
+def _json_like(value, where: str):
+    """``value`` as None, bool, int, finite float, str, or lists and str-keyed dicts of those; raises ValueError."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value!r}, not a finite float")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_like(item, f"{where}[{k}]") for k, item in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        try:
+            items = sorted(value)
+        except TypeError:
+            raise ValueError(f"{where} is a set of items that cannot be sorted into a list") from None
+        return [_json_like(item, f"{where} item {item!r}") for item in items]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has the key {key!r} ({type(key).__name__}), not a str")
+        return {key: _json_like(item, f"{where}[{key!r}]") for key, item in value.items()}
+    raise ValueError(f"{where} is of type {type(value).__name__}")
+
+
+def _injectable(name: str, value, given: str | None = None):
+    """``value`` as papermill injects it safely (see :func:`_json_like`), checked by a round trip: the text papermill
+    writes into the notebook for it must read back (``ast.literal_eval``, which runs no code) as the same value.
+    ``given``: the value as the user typed it, for messages."""
+    from papermill.translators import PythonTranslator
+
+    given = repr(value) if given is None else given
     try:
-        return ast.literal_eval(text)
+        value = _json_like(value, f"the value {given}")
+    except ValueError as error:
+        raise ParameterError(f"parameter {name!r}: {error}; valid types: {VALID_TYPES}") from None
+    except RecursionError:
+        raise ParameterError(f"parameter {name!r}: the value {given} is nested too deeply") from None
+    try:
+        code = PythonTranslator.translate(value)
+        same = ast.literal_eval(code) == value
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        code, same = "(no text)", False
+    if not same:
+        raise ParameterError(f"parameter {name!r}: papermill would write the value {given} as {code!r}, "
+                             "which does not read back as the same value")
+    return value
+
+
+def parse_parameter(name: str, text: str):
+    """The value of ``-p NAME TEXT``: the Python literal ``TEXT`` made JSON-like (a tuple or set becomes a list),
+    or ``TEXT`` itself where it is no literal (``-p dataset photos``). Raises :class:`ParameterError` for a literal
+    of any other type (bytes, complex, Ellipsis, ...), naming the parameter, the value and the valid types."""
+    try:
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text
+        return _injectable(name, text)  # no literal: the text itself
+    except (TypeError, MemoryError, RecursionError) as error:  # e.g. an unhashable dict key, nesting too deep
+        raise ParameterError(f"parameter {name!r}: the value {text!r} cannot be read ({type(error).__name__}: "
+                             f"{error}); valid types: {VALID_TYPES}") from None
+    return _injectable(name, value, repr(text))
+
+
+def check_parameter_names(declared: dict[str, set[str]], parameters: dict) -> None:
+    """Refuse a parameter that no notebook declares (``declared``: notebook name -> its parameter names)."""
+    valid = sorted(set().union(*declared.values()))
+    unknown = sorted(set(parameters) - set(valid))
+    if unknown:
+        raise ParameterError(f"no notebook declares the parameter(s) {', '.join(unknown)}; "
+                             f"valid names: {', '.join(valid) or '(none)'}")
 
 
 def notebooks_in(directory: Path) -> list[Path]:
@@ -53,18 +128,23 @@ def notebooks_in(directory: Path) -> list[Path]:
 
 
 def run(notebook_dir: Path, output_dir: Path, parameters: dict) -> list[Path]:
+    """Execute the numbered notebooks of ``notebook_dir`` into ``output_dir``, each with the ``parameters`` it
+    declares. Raises :class:`ParameterError`, before any notebook runs, for a name no notebook declares or a value
+    papermill cannot inject safely."""
     import papermill
 
     notebooks = notebooks_in(notebook_dir)
     if not notebooks:
         print(f"no numbered notebooks in {notebook_dir}/ yet: nothing to run")
         return []
+    declared = {notebook.name: set(papermill.inspect_notebook(str(notebook))) for notebook in notebooks}
+    check_parameter_names(declared, parameters)
+    parameters = {name: _injectable(name, value) for name, value in parameters.items()}
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     parameters = {"output_dir": str(output_dir.resolve()), **parameters}
     for notebook in notebooks:
-        declared = papermill.inspect_notebook(str(notebook))
-        own = {k: v for k, v in parameters.items() if k in declared}
+        own = {k: v for k, v in parameters.items() if k in declared[notebook.name]}
         target = output_dir / notebook.name
         print(f"running {notebook.name} {own or ''}", flush=True)
         papermill.execute_notebook(str(notebook), str(target), parameters=own, cwd=str(notebook_dir),
@@ -102,6 +182,7 @@ def write_quick_copies(notebook_dir: Path, target_dir: Path) -> list[Path]:
     for notebook in notebooks_in(notebook_dir):
         declared = papermill.inspect_notebook(str(notebook))
         parameters = {"output_dir": str((target_dir / "results").resolve()), **QUICK_PARAMETERS.get(notebook.stem, {})}
+        parameters = {name: _injectable(name, value) for name, value in parameters.items()}
         unknown = sorted(set(parameters) - set(declared))
         if unknown:
             raise ValueError(f"{notebook.name} declares no parameter(s) {unknown}; it declares {sorted(declared)}")
@@ -126,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"), help="override a notebook parameter")
     args = parser.parse_args(argv)
+    if args.parameter and (args.in_place is not None or args.quick_copies is not None):
+        parser.error("-p applies to a run into OUTPUT_DIR; --in-place runs at the defaults and --quick-copies at "
+                     "QUICK_PARAMETERS")
     if args.in_place is not None:
         refresh(args.in_place or notebooks_in(args.notebook_dir))
         if args.output_dir.is_dir():
@@ -138,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.notebook_dir.is_dir():
         parser.error(f"notebook directory {args.notebook_dir} does not exist")
-    run(args.notebook_dir, args.output_dir, {k: _literal(v) for k, v in args.parameter})
+    try:
+        parameters = {name: parse_parameter(name, text) for name, text in args.parameter}
+        run(args.notebook_dir, args.output_dir, parameters)
+    except ParameterError as error:
+        parser.error(str(error))
     return 0
 
 

@@ -13,6 +13,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+from .paper_data import IMAGENET_CATEGORIES
 from .records import ImageRecord
 
 _FOOLBOX_NAME = re.compile(r"imagenet_(\d\d)_(\d+)\.jpg")
@@ -44,7 +45,8 @@ def foolbox_imagenet() -> list[ImageRecord]:
     for path in sorted(folder.glob("imagenet_*.jpg")):
         match = _FOOLBOX_NAME.fullmatch(path.name)
         if match:
-            records.append(ImageRecord(name=path.stem, labels=(int(match.group(2)),), path=path))
+            records.append(ImageRecord(name=path.stem, labels=(int(match.group(2)),), path=path,
+                                       classes=IMAGENET_CATEGORIES))
     if len(records) != 20:
         raise FileNotFoundError(f"expected 20 files imagenet_XX_LABEL.jpg in {folder}, found {len(records)}")
     return records
@@ -58,7 +60,8 @@ def skimage_photos() -> list[ImageRecord]:
         path = folder / file
         if not path.is_file():
             raise FileNotFoundError(f"scikit-image's bundled photo {path} is missing")
-        records.append(ImageRecord(name=f"skimage_{Path(file).stem}", labels=labels, path=path))
+        records.append(ImageRecord(name=f"skimage_{Path(file).stem}", labels=labels, path=path,
+                                   classes=IMAGENET_CATEGORIES))
     return records
 
 

@@ -16,9 +16,11 @@ starting with ``.`` are ignored. Records are sorted by their name, the file's pa
 (``tench/img_001.jpg``); ``n_images`` of them are drawn with ``seed`` by
 :func:`liftcam_utils.datasets.records.select`, as for the embedded photos, so the same folder, ``n_images`` and
 ``seed`` always give the same records. Each selected image is decoded once when the dataset is read (to
-classify it, or to check it): a file that Pillow cannot read raises :class:`ValueError` naming it, rather
-than being skipped, so a damaged file never silently changes the selection. ``record.image()`` reads the
-file again, as RGB.
+classify it, or to check it), through :func:`~liftcam_utils.datasets.image_files.read_image_file`: a file
+that is damaged, is in a format not read (recognised from its first bytes, whatever its suffix: an EPS file
+named ``photo.jpg`` is refused before any parser of EPS runs) or is too large or too thin (checked from its
+header before decoding) raises :class:`ValueError` naming it, rather than being skipped, so a bad file never
+silently changes the selection. ``record.image()`` reads the file again, as RGB, through the same checks.
 
 The records have no boxes: the pointing game cannot be played on a folder.
 """
@@ -33,11 +35,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from PIL import Image
-from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from ..engine.split import eval_mode
-from .paper_data import _IMAGENET_SYNSET_FILE, _read_synsets
+from .image_files import read_image_file
+from .paper_data import _IMAGENET_SYNSET_FILE, IMAGENET_CATEGORIES, _read_synsets
 from .records import ImageRecord, select
 
 
@@ -47,6 +48,7 @@ class LabellingModel(Protocol):
     name: str
     net: torch.nn.Module
     preprocess: Callable
+    categories: list[str]
     questions: object
     question: str | None
 
@@ -54,9 +56,6 @@ class LabellingModel(Protocol):
     def device(self) -> torch.device: ...
 
 
-IMAGENET_CATEGORIES: tuple[str, ...] = tuple(_IMAGENET_CATEGORIES)
-"""The 1000 ImageNet class names of the ImageNet models (torchvision's list, as ``load_model`` uses it);
-a class folder's label is its index here."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """Suffixes (compared in lower case) of the files read as images."""
@@ -159,11 +158,12 @@ def _class_folder_records(root: Path, folders: list[Path], n_images: int | None,
                        key=lambda path: path.relative_to(root).as_posix())
         if not paths:
             raise FileNotFoundError(f"class folder {str(folder)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        records += [ImageRecord(path.relative_to(root).as_posix(), (labels[folder],), path=path) for path in paths]
+        records += [ImageRecord(path.relative_to(root).as_posix(), (labels[folder],), path=path,
+                                 classes=IMAGENET_CATEGORIES) for path in paths]
     records.sort(key=lambda record: record.name)
     selected = select(records, n_images, seed)
     for record in selected:
-        _read_rgb(record.path)
+        read_image_file(record.path)
     return selected
 
 
@@ -188,10 +188,11 @@ def _flat_records(root: Path, files: list[Path], n_images: int | None, seed: int
     with eval_mode(model.net), torch.no_grad():
         for start in range(0, len(unlabelled), _PREDICT_BATCH):
             chunk = unlabelled[start:start + _PREDICT_BATCH]
-            x = torch.stack([model.preprocess(_read_rgb(record.path)) for record in chunk]).to(model.device)
+            x = torch.stack([model.preprocess(read_image_file(record.path)) for record in chunk]).to(model.device)
             labels += model.net(x).argmax(1).tolist()
-    return [ImageRecord(record.name, (label,), path=record.path) for record, label in zip(unlabelled, labels,
-                                                                                           strict=True)]
+    classes = tuple(model.categories)  # the labels index the model's classes
+    return [ImageRecord(record.name, (label,), path=record.path, classes=classes)
+            for record, label in zip(unlabelled, labels, strict=True)]
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -202,16 +203,6 @@ def _visible(folder: Path) -> list[Path]:
 def _is_image_file(path: Path) -> bool:
     """Whether ``path`` is a file with one of :data:`IMAGE_SUFFIXES`."""
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
-def _read_rgb(path: Path) -> Image.Image:
-    """The image at ``path``, fully decoded, as RGB; :class:`ValueError` naming the file when Pillow cannot."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"image file {str(path)!r} cannot be read as an image ({error}): fix, convert or "
-                         "remove it") from error
 
 
 def _few(names, limit: int = 3) -> str:

@@ -27,7 +27,7 @@ def confident_records(model, records: list[ImageRecord], min_confidence: float =
         for record, p, c in zip(chunk, predicted.tolist(), confidence.tolist(), strict=True):
             if p in record.labels and c >= min_confidence:
                 kept.append(ImageRecord(name=record.name, labels=(p,), path=record.path,
-                                        pixels=record.pixels))
+                                        pixels=record.pixels, classes=record.classes))
     return kept
 
 
@@ -56,5 +56,5 @@ def make_grids(records: list[ImageRecord], n_grids: int, seed: int = 0, cell: in
             mosaic.paste(ImageOps.fit(record.image(), (cell, cell)), (x0, y0))
             boxes.append(Box(record.label, x0, y0, x0 + cell, y0 + cell))
         grids.append(ImageRecord(name=f"grid_{seed}_{index:03d}", labels=tuple(classes),
-                                 boxes=tuple(boxes), pixels=mosaic))
+                                 boxes=tuple(boxes), pixels=mosaic, classes=chosen[0].classes))
     return grids

@@ -13,9 +13,10 @@ Every reader takes ``n_images`` and ``seed``: ``n_images=None`` reads every vali
 ``n_images`` ids are drawn with ``random.Random(seed).sample`` from the sorted list of all valid ids
 and returned in sorted order, so the same ``(n_images, seed)`` always gives the same records (the
 paper uses 1000 images, 500 for its Table 2). Annotations are parsed from disk on each call; nothing
-is cached. Images are not opened (``record.image()`` does that), but each selected image file must
-exist. Missing or malformed files raise :class:`FileNotFoundError` / :class:`ValueError` naming
-the file expected and the layout it belongs to.
+is cached. Each selected image file must exist and its header is checked, without decoding it: its
+format (from its first bytes) and its size (:func:`~liftcam_utils.datasets.image_files.check_image_file`);
+``record.image()`` decodes it, through the same checks. Missing or malformed files raise
+:class:`FileNotFoundError` / :class:`ValueError` naming the file expected and the layout it belongs to.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+from .image_files import check_image_file
 from .records import Box, ImageRecord
+
+IMAGENET_CATEGORIES: tuple[str, ...] = tuple(_IMAGENET_CATEGORIES)
+"""The 1000 ImageNet class names in the order of the ImageNet models (torchvision's list, as ``load_model`` uses it);
+the ImageNet readers' labels index this tuple."""
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -253,7 +261,9 @@ def read_imagenet_val(
         if not boxes:
             raise ValueError(f"annotation file {str(xml_path)!r} has no <object>; expected at least one")
         path = _image_file(image_dir, stem, _IMAGE_SUFFIXES, IMAGENET_LAYOUT)
-        records.append(ImageRecord(stem, tuple(sorted({b.label for b in boxes})), tuple(boxes), path))
+        check_image_file(path)
+        records.append(ImageRecord(stem, tuple(sorted({b.label for b in boxes})), tuple(boxes), path,
+                                   classes=IMAGENET_CATEGORIES))
     return records
 
 
@@ -308,8 +318,9 @@ def read_voc2007_test(
         path = voc / "JPEGImages" / f"{image_id}.jpg"
         if not path.is_file():
             raise _missing("image file", path, VOC_LAYOUT)
+        check_image_file(path)
         boxes = boxes_of[image_id]
-        records.append(ImageRecord(image_id, tuple(sorted({b.label for b in boxes})), boxes, path))
+        records.append(ImageRecord(image_id, tuple(sorted({b.label for b in boxes})), boxes, path, classes=VOC_CLASSES))
     return records
 
 
@@ -410,7 +421,8 @@ def read_coco2014_val(
         path = root / "val2014" / file_name
         if not path.is_file():
             raise _missing("image file", path, COCO_LAYOUT)
+        check_image_file(path)
         boxes = boxes_of[image_id]
         labels = tuple(sorted({b.label for b in boxes}))
-        records.append(ImageRecord(Path(file_name).stem, labels, boxes, path))
+        records.append(ImageRecord(Path(file_name).stem, labels, boxes, path, classes=COCO_CLASSES))
     return records

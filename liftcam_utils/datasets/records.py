@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .image_files import read_image_file
+
 
 @dataclass(frozen=True)
 class Box:
@@ -27,7 +29,7 @@ class ImageRecord:
 
     The pixels are read from ``path`` on demand, or held in ``pixels`` for generated images. A VQA
     record also holds its ``question``; its label is then the answer and its boxes are the objects
-    the question is about.
+    the question is about. ``classes`` names what the labels index (the dataset's label space).
     """
 
     name: str
@@ -36,6 +38,9 @@ class ImageRecord:
     path: Path | None = None
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
     question: str | None = None
+    # the label space: the names of the classes that ``labels`` index (e.g. the 1000 ImageNet classes); None where
+    # unknown. A model classifies into its own ``categories``, and ``evaluate`` refuses records of another space.
+    classes: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if (self.path is None) == (self.pixels is None):
@@ -43,15 +48,20 @@ class ImageRecord:
 
     @property
     def label(self) -> int:
-        """The first (for single-label datasets: the) class label."""
+        """The first (for single-label datasets: the) class label: the target of the metrics.
+        ``ValueError`` for a record without labels (``labels=()``), which has no target."""
+        if not self.labels:
+            raise ValueError(f"record {self.name!r} has no labels (labels=()), so it has no target class to "
+                             "explain and score; give it at least one class index, e.g. labels=(3,)")
         return self.labels[0]
 
     def image(self) -> Image.Image:
-        """The image as RGB."""
+        """The image as RGB. A file is opened only in an accepted format and within the size limits (checked from
+        its first bytes and header before decoding: :func:`~liftcam_utils.datasets.image_files.read_image_file`),
+        else :class:`ValueError` naming it."""
         if self.pixels is not None:
             return self.pixels.convert("RGB")
-        with Image.open(self.path) as image:
-            return image.convert("RGB")
+        return read_image_file(self.path)
 
 
 def select(dataset: Sequence[ImageRecord], n_images: int | None, seed: int) -> list[ImageRecord]:

@@ -231,7 +231,8 @@ def make_scenes(n: int, seed: int = 0, size: int = DEFAULT_SIZE, start: int = 0)
     records, masks = [], []
     for index in range(start, start + n):
         image, labels, boxes, mask = generate_scene(seed, index, size)
-        records.append(ImageRecord(name=scene_name(seed, index), labels=labels, boxes=boxes, pixels=image))
+        records.append(ImageRecord(name=scene_name(seed, index), labels=labels, boxes=boxes, pixels=image,
+                                   classes=SCENE_CLASS_NAMES))
         masks.append(mask)
     return SceneSet(records=records, masks=masks)
 

@@ -133,6 +133,7 @@ def make_vqa(n_scenes: int, seed: int = 0, size: int = VQA_IMAGE_SIZE, start: in
             label = ANSWERS.index(answer)
             records.append(ImageRecord(
                 name=f"{scene_name(seed, index)}_q{k}", labels=(label,), pixels=image, question=question,
+                classes=ANSWERS,
                 boxes=tuple(bounding_box(visible[j], label) for j in about)))
             masks.append(np.logical_or.reduce([visible[j] for j in about]) if about
                          else np.zeros((size, size), dtype=bool))

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from .image_files import check_image_file
 from .paper_data import _missing, _root_dir, select_ids
 from .questions import Vocabulary
 from .records import ImageRecord
@@ -133,12 +134,15 @@ def read_vqa_v2(
                       f"multiple_choice_answer is not one of the {len(index)} answers of the vocabulary",
                       AnswersLeftOutWarning, stacklevel=2)
 
-    records = []
+    records, checked = [], set()
     for key in select_ids(list(valid), n_images, seed):
         question, label = valid[key]
         path = root / split / f"COCO_{split}_{question['image_id']:012d}.jpg"
-        if not path.is_file():
-            raise _missing("image file", path, layout)
+        if path not in checked:
+            if not path.is_file():
+                raise _missing("image file", path, layout)
+            check_image_file(path)  # format and size from the header; record.image() decodes it
+            checked.add(path)
         records.append(ImageRecord(name=f"vqa_{question['question_id']}", labels=(label,), path=path,
-                                   question=question["question"]))
+                                   question=question["question"], classes=tuple(answers)))
     return records

@@ -41,6 +41,11 @@ class CamInput:
         return self.maps.shape[1]
 
 
+def non_finite_images(values: torch.Tensor) -> list[int]:
+    """Indices of the images (dimension 0) of ``values`` with a NaN or infinite entry."""
+    return (~torch.isfinite(values).flatten(1).all(1)).nonzero()[:, 0].tolist()
+
+
 def _check_images(x: torch.Tensor) -> None:
     """Refuse anything but a finite floating-point (B, C, H, W) batch, with a message that says what is valid."""
     if not isinstance(x, torch.Tensor):
@@ -52,19 +57,30 @@ def _check_images(x: torch.Tensor) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor (preprocessed images), got {x.dtype}")
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not finite.all():
-        bad = (~finite).nonzero()[:, 0].tolist()
+    bad = non_finite_images(x)
+    if bad:
         raise ValueError(f"x has NaN or infinite values in image(s) {bad} of the batch; explanations need finite "
                          "inputs (check the preprocessing)")
 
 
+def _check_finite(values: torch.Tensor, what: str, where: str) -> None:
+    """``ValueError`` naming the images whose ``what`` (maps or logits) has NaN or infinite values, and
+    ``where`` to look for the cause. From finite images these come only from the network's weights."""
+    bad = non_finite_images(values)
+    if bad:
+        raise ValueError(f"{what} contain NaN or infinite values for image(s) {bad} of the batch, although the "
+                         f"images are finite; check the weights of {where} (e.g. a NaN bias or an infinite "
+                         "convolution weight)")
+
+
 def _check_maps(maps: torch.Tensor, split: CamSplit) -> None:
+    """Refuse maps that are not (B, C, H, W) or not finite; warn when they are signed."""
     if maps.dim() != 4:
         raise ValueError(
             f"layer {split.layer!r} outputs shape {tuple(maps.shape)}, not activation maps "
             "(B, C, H, W); choose a convolutional layer. Layers: " + ", ".join(split.layers())
         )
+    _check_finite(maps, f"the activation maps A of layer {split.layer!r}", f"the layers up to {split.layer!r}")
     negative = (maps < 0).float().mean().item()
     if negative > 0.01:
         warnings.warn(
@@ -120,11 +136,18 @@ def resolve_target(target: int | Sequence[int] | torch.Tensor | None, logits: to
 
 
 def prepare(split: CamSplit, x: torch.Tensor, target=None) -> CamInput:
-    """Run the body once and resolve the targets (predicted class where ``target`` is None)."""
+    """Run the body once and resolve the targets (predicted class where ``target`` is None).
+
+    ``ValueError`` when the images, the activation maps or the logits are not finite: every method and
+    metric downstream would turn NaN into a plausible number (an all-zero map, a perfect average drop),
+    so the message names the images, whether the maps or the logits, and the layers whose weights to check.
+    """
     _check_images(x)
     x = x.to(split.device)
     with torch.no_grad():
         maps = split.body(x)
         _check_maps(maps, split)
         logits = split.head(maps)
+    _check_finite(logits, f"the logits of the head after layer {split.layer!r}",
+                  f"the layers after {split.layer!r} (the head)")
     return CamInput(split=split, x=x, maps=maps, target=resolve_target(target, logits))

@@ -9,7 +9,8 @@ Only the head is evaluated, never the body. Where the head factors as ``R o M o 
 op's output is computed once per image, and a coalition costs a sum of ``D_k`` plus one
 evaluation of ``R``; along an ordering, the prefixes are running sums, several orderings at a time.
 The sums rest on the additivity of ``M``'s output over channels, which is checked once per game, on
-the full coalition and one random coalition; where it fails, the game evaluates the full head instead.
+the full coalition and 4 random coalitions drawn for the image; where it fails, the game evaluates the
+full head instead.
 Where ``R`` is elementwise, :meth:`ChannelGame.quadratic_control` and :meth:`ChannelGame.minus` give SHAP-CAM its
 control variate (:mod:`liftcam_utils.engine.quadratic_control`).
 """

@@ -17,8 +17,14 @@ and max pooling, zero padding, depthwise convolution), the last only while no re
 before them: after one, dimension 1 need not hold the channels, and e.g. a max-pool over a
 flattened vector takes maxima across channel borders, which (*) does not model. Heads without
 this structure (such a pool, a squeeze-and-excitation gate before the first mixing op) are
-evaluated in full. As a guard against ops that only look channelwise (a module subclass whose
-forward mixes channels), (*) is checked on every image's rows (:meth:`HeadFactors.contributions`).
+evaluated in full. A module counts as one of these ops only when its class is exactly PyTorch's
+(``type(m) is nn.Conv2d``, not ``isinstance``), or when it subclasses ``nn.Conv2d`` and computes
+its zero-padded convolution all the same (EfficientNet's ``Conv2dStaticSamePadding``, checked on a
+probe: :func:`_acts_as`). Any other subclass may move or mix channels in its own ``forward`` (swap
+two maps, say), so it is an opaque op: a head with one before ``M`` is evaluated in full, and in
+``M``'s run of affine ops it ends ``M`` (``R`` is evaluated as it is). As a guard against ops that
+only look channelwise all the same, (*) is checked on every image's rows
+(:meth:`HeadFactors.contributions`).
 
 When ``M`` is pointwise (1 x 1 convolutions, batch norms: the same affine map ``z = W' u + b'`` of
 the channel vector ``u`` at every position ``p``), ``D_k(j, p) = W'_{jk} (P(A)_k(p) - P(0)_k(p))``
@@ -31,13 +37,16 @@ the end of ``R`` is one matrix-vector product.
 from __future__ import annotations
 
 import enum
+import itertools
 import weakref
+import zlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from .head_ops import OpKind, UnsupportedHeadOpError, classify_head
+from .head_ops import _AFFINE_MODULES, _ELEMENTWISE_MODULES, OpKind, UnsupportedHeadOpError, classify_head
 from .split import CamSplit
 
 # P's ops by what they do to the channels of A (B, N, h, w). Entrywise: each output entry is a
@@ -58,8 +67,9 @@ _MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _PROBE = 2.0**12
 # Float32 sums of N rows stay far inside this fraction of their magnitude; moved or mixed values do not.
 _ADDITIVITY_TOLERANCE = 1e-4
-# The random coalition on which (*) is checked: the same for every image and every call.
-_CHECK_SEED = 0
+# Random coalitions on which (*) is checked, beside the full one, per image. A wrong row pair (two
+# channels' rows exchanged) passes one coalition with probability 1/2, all of them with 1/16.
+_CHECK_COALITIONS = 4
 
 
 class _Role(enum.Enum):
@@ -69,22 +79,69 @@ class _Role(enum.Enum):
 
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_padded_convolutions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _acts_as(module: nn.Module, types: tuple[type, ...]) -> bool:
+    """Whether the factoring may take ``module`` for one of the ops ``types``: its class is exactly one of
+    them, or ``nn.Conv2d`` is one of them and ``module`` is a subclass that computes a zero-padded
+    ``nn.Conv2d`` convolution (:func:`_is_zero_padded_convolution`). Any other subclass is never taken for
+    its base: its own ``forward`` may move or mix channels where the base's keeps them apart."""
+    if type(module) in types:
+        return True
+    return nn.Conv2d in types and isinstance(module, nn.Conv2d) and _is_zero_padded_convolution(module)
+
+
+def _is_zero_padded_convolution(module: nn.Conv2d) -> bool:
+    """Whether ``module`` maps a seeded random probe to ``conv2d(pad(probe), weight, bias)`` with its own
+    stride, dilation and groups, for zero padding of less than the (dilated) kernel size on each side.
+    Both are linear, so agreeing on a random input is agreeing on every input (almost surely): the
+    module keeps ``nn.Conv2d``'s channel structure. Probed once per module."""
+    if module not in _padded_convolutions:
+        _padded_convolutions[module] = _matches_a_padded_convolution(module)
+    return _padded_convolutions[module]
+
+
+@torch.no_grad()
+def _matches_a_padded_convolution(module: nn.Conv2d) -> bool:
+    """The probe of :func:`_is_zero_padded_convolution`, uncached."""
+    spans = [d * (k - 1) + 1 for d, k in zip(module.dilation, module.kernel_size, strict=True)]  # (height, width)
+    size = [2 * span + 1 for span in spans]
+    probe = torch.randn(1, module.in_channels, *size, generator=torch.Generator().manual_seed(0)).to(module.weight)
+    try:
+        output = module(probe)
+    except (RuntimeError, ValueError, TypeError):  # a forward that refuses the probe is opaque
+        return False
+    # (top, bottom) and (left, right) pads that give the output's size
+    pads = [[(a, b) for a, b in itertools.product(range(span), repeat=2) if (n + a + b - span) // s + 1 == out]
+            for span, n, s, out in zip(spans, size, module.stride, output.shape[-2:], strict=True)]
+    for (top, bottom), (left, right) in itertools.product(*pads):
+        reference = F.conv2d(F.pad(probe, (left, right, top, bottom)), module.weight, module.bias, module.stride,
+                             0, module.dilation, module.groups)
+        if reference.shape == output.shape and (reference - output).abs().max() <= 1e-5 * reference.abs().max():
+            return True
+    return False
 
 
 def _is_depthwise(module: nn.Module) -> bool:
     """A convolution with one filter per channel (no channel multiplier: output map k reads map k only)."""
-    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+    return _acts_as(module, (nn.Conv2d,)) and module.groups == module.in_channels == module.out_channels > 1
+
+
+def _is_mixing(module: nn.Module) -> bool:
+    """A convolution or linear layer (:func:`_acts_as`) that combines channels: ``M``'s first op."""
+    return _acts_as(module, _MIXING_MODULES) and not _is_depthwise(module)
 
 
 def _role(node: fx.Node, kind: OpKind, head: fx.GraphModule) -> _Role | None:
     """What an op before ``M`` does to the channels, or None when it may mix them."""
     if node.op == "call_module":
         module = head.get_submodule(node.target)
-        if kind is OpKind.ELEMENTWISE or isinstance(module, _ENTRYWISE_MODULES):
+        if _acts_as(module, _ELEMENTWISE_MODULES + _ENTRYWISE_MODULES):
             return _Role.ENTRYWISE
-        if isinstance(module, _MAPWISE_MODULES) or _is_depthwise(module):
+        if _acts_as(module, _MAPWISE_MODULES) or _is_depthwise(module):
             return _Role.MAPWISE
-        return _Role.RESHAPE if isinstance(module, _RESHAPE_MODULES) else None
+        return _Role.RESHAPE if _acts_as(module, _RESHAPE_MODULES) else None
     name = getattr(node.target, "__name__", node.target)
     if kind is OpKind.ELEMENTWISE or name in _ENTRYWISE_CALLS:
         return _Role.ENTRYWISE
@@ -106,14 +163,14 @@ def _mixing_end(head: fx.GraphModule) -> tuple[str, bool] | None:
             continue
         variable_users = [u for u in node.users if kinds.get(u, OpKind.METADATA) is not OpKind.METADATA]
         if mixing_end is not None:  # extend M over the affine ops that follow it
-            if kind is not OpKind.AFFINE or len(variable_users) != 1:
+            opaque = node.op == "call_module" and not _acts_as(head.get_submodule(node.target), _AFFINE_MODULES)
+            if kind is not OpKind.AFFINE or len(variable_users) != 1 or opaque:
                 return mixing_end, reshaped
             if node.op == "call_module":
                 mixing_end = node.target
             continue
         if node.op == "call_module":
-            module = head.get_submodule(node.target)
-            if isinstance(module, _MIXING_MODULES) and not _is_depthwise(module):
+            if _is_mixing(head.get_submodule(node.target)):
                 mixing_end = node.target
                 if len(variable_users) != 1:
                     return mixing_end, reshaped
@@ -127,19 +184,17 @@ def _mixing_end(head: fx.GraphModule) -> tuple[str, bool] | None:
 
 def _is_pointwise(module: nn.Module) -> bool:
     """True for modules that apply one affine map to the channel vector at every position."""
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+    if _acts_as(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         no_padding = isinstance(module.padding, str) or not any(module.padding)  # 'same' of a 1 x 1 kernel is 0
         return (module.groups == 1 and no_padding and all(k == 1 for k in module.kernel_size)
                 and all(s == 1 for s in module.stride))
-    return isinstance(module, _ENTRYWISE_MODULES)
+    return _acts_as(module, _ENTRYWISE_MODULES)
 
 
 def _pointwise_parts(mix: fx.GraphModule) -> tuple[fx.GraphModule | None, fx.GraphModule] | None:
     """``(P, M)`` as two modules when ``M`` is pointwise (``P`` is None when it is the identity), else None."""
     nodes = [n for n in mix.graph.nodes if n.op not in ("placeholder", "output")]
-    first = next(i for i, n in enumerate(nodes) if n.op == "call_module"
-                 and isinstance(mix.get_submodule(n.target), _MIXING_MODULES)
-                 and not _is_depthwise(mix.get_submodule(n.target)))
+    first = next(i for i, n in enumerate(nodes) if n.op == "call_module" and _is_mixing(mix.get_submodule(n.target)))
     if not all(n.op == "call_module" and _is_pointwise(mix.get_submodule(n.target)) for n in nodes[first:]):
         return None
     feed = nodes[first].args[0]
@@ -195,17 +250,17 @@ class HeadFactors:
         evaluated in full.
 
         From one outer product per channel when ``M`` is pointwise, else (or when those rows do not add
-        up: a 1 x 1 convolution whose own forward moves values between positions is not pointwise)
-        from N evaluations of ``M o P``, ``batch_size`` at a time. Rows are accepted when (*) holds on
-        the full coalition and on one random coalition (:func:`_adds_up`), at the cost of one more
-        evaluation of ``M o P``.
+        up) from N evaluations of ``M o P``, ``batch_size`` at a time. Rows are accepted when (*) holds
+        (:func:`_adds_up`) on the full coalition and on ``_CHECK_COALITIONS`` = 4 random coalitions of this
+        image (:func:`_random_coalitions`); the empty one holds by construction (``D_k`` are differences
+        from ``M(P(0))``). The check costs one evaluation of ``M o P`` on a batch of 4 per image.
         """
         n = maps.shape[0]
         base = self.mix(torch.zeros_like(maps)[None])[0]
         full = self.mix(maps[None])[0]
-        sample = torch.rand(n, generator=torch.Generator().manual_seed(_CHECK_SEED)) < 0.5
-        coalitions = torch.stack([torch.ones(n), sample.float()]).to(maps)
-        values = torch.stack([full, self.mix(maps[None] * coalitions[1].view(n, *[1] * (maps.dim() - 1)))[0]])
+        drawn = _random_coalitions(maps)
+        coalitions = torch.cat([torch.ones(1, n, device=maps.device, dtype=maps.dtype), drawn])
+        values = torch.cat([full[None], self.mix(maps[None] * drawn.view(*drawn.shape, *[1] * (maps.dim() - 1)))])
         rows = None if self.pointwise is None else self._outer_product_rows(maps, base)
         if rows is None or not _adds_up(base, rows, coalitions, values):
             rows = self._evaluated_rows(maps, base, batch_size)
@@ -232,6 +287,15 @@ class HeadFactors:
         weights = ((pointwise(probes) - pointwise(torch.zeros_like(probes[:1]))) / _PROBE).flatten(1)  # row k: W'[:, k]
         rows = (weights[:, :, None] * change.flatten(1)[:, None, :]).flatten(1)
         return rows if rows.shape[1] == base.numel() else None
+
+
+def _random_coalitions(maps: torch.Tensor) -> torch.Tensor:
+    """``_CHECK_COALITIONS`` coalitions (rows of 0 / 1, each channel in with probability 1/2) for the
+    maps ``A`` (N, ...) of one image, drawn from a seed that is a checksum of the maps' values: each
+    image gets its own, the same on every call with the same maps, wherever the image sits in a batch."""
+    seed = zlib.crc32(maps.detach().float().cpu().numpy().tobytes())
+    drawn = torch.rand(_CHECK_COALITIONS, maps.shape[0], generator=torch.Generator().manual_seed(seed)) < 0.5
+    return drawn.to(device=maps.device, dtype=maps.dtype)
 
 
 def _adds_up(base: torch.Tensor, rows: torch.Tensor, coalitions: torch.Tensor, values: torch.Tensor) -> bool:

@@ -2,24 +2,24 @@
 
 ``evaluate`` splits the image selection into shards. For each shard the body runs once and its
 maps ``A`` are shared by all methods. With a ``cache_dir`` each (shard, method) result is stored
-as one JSON file, named by a hash of everything that determines it: the model's name, weights
-argument and a hash of its weights' contents, the layer, the shard's images (each record's name,
-pixels, labels, boxes and question), the method's row label, name and options, the metrics, the
-baseline, the reference method and the code version. Files are written atomically, so a rerun
-reads them and an interrupted run resumes; a damaged file is recomputed, with a warning naming it,
-and rewritten. Shards run in this process by default, or on a Dask cluster
-(``dask_scheduler="local"`` starts one on this machine; an address such as
-``"tcp://10.0.0.5:8786"`` uses an existing one), where each worker loads the model once.
+as one JSON file, named by a hash of everything that determines it (:mod:`.cache`: the network's
+structure and the bytes of its weights, the preprocessing, the layer, the shard's images, the
+method's label, name and options, the metrics, the baseline, the reference method and the code
+version). Files are written atomically, so a rerun reads them and an interrupted run resumes; a
+damaged file is recomputed, with a warning naming it, and rewritten. Shards run in this process
+by default, or on a Dask cluster (``dask_scheduler="local"`` starts one on this machine; an
+address such as ``"tcp://10.0.0.5:8786"`` uses an existing one). The model is sent to the
+workers as it is in this process, weights included, so they compute exactly what this process
+would.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import functools
-import hashlib
 import json
+import numbers
 import os
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,10 +36,10 @@ from ..datasets.records import ImageRecord, select
 from ..engine.cam_input import prepare
 from ..engine.cam_map import cam_map
 from ..engine.split import eval_mode
-from ..files import write_atomically
 from ..methods import METHODS
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
 from . import metrics as M
+from .cache import ExpectedRows, cache_key, code_version, model_fingerprint, read_cached, record_digest, store
 
 METRICS = ("faithfulness", "insertion_deletion", "road", "pointing", "cosine")
 # summary column -> how the rows are averaged
@@ -51,41 +51,83 @@ METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
                   "insertion_deletion": ("insertion_auc", "deletion_auc", "insertion_curve", "deletion_curve"),
                   "road": ("road_morf", "road_lerf", "road_morf_curve", "road_lerf_curve"),
                   "pointing": ("pointing",), "cosine": ("cosine",)}
+# the points of each curve column, and the columns that are NaN where the metric is undefined (a target with no
+# box, a method with per-pixel weights); every other number is finite
+CURVE_POINTS = {"insertion_curve": len(M.DELTAS), "deletion_curve": len(M.DELTAS),
+                "road_morf_curve": len(M.ROAD_FRACTIONS), "road_lerf_curve": len(M.ROAD_FRACTIONS)}
+UNDEFINED_AS_NAN = ("pointing", "cosine")
+
+
+JSON_SCALARS = (str, int, float, bool, type(None))
+VALID_OPTION_TYPES = "str, int, float, bool, None, and lists and dicts (with str keys) of them"
+
+
+def _check_json_value(value, where: str) -> None:
+    """``TypeError`` naming ``where`` unless ``value`` is a JSON scalar, or a list or a dict with str keys of
+    JSON values: only such options have one exact text in a cache key (``tensor(0.2500)`` has many values)."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json_value(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has the key {key!r} of type {type(key).__name__}; dict keys must be str")
+            _check_json_value(item, f"{where}[{key!r}]")
+    elif not isinstance(value, JSON_SCALARS):
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}; method options must "
+                        f"be JSON values: {VALID_OPTION_TYPES}")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A row label, the registered method and its options (e.g. SHAP-CAM with P orderings)."""
+    """A row label, the registered method and its options (e.g. SHAP-CAM with P orderings), the options
+    as JSON text with sorted keys: one text per set of options, and hashable."""
 
     label: str
     method: str
-    options: tuple[tuple[str, object], ...] = ()
+    options_json: str = "{}"
 
     @property
     def kwargs(self) -> dict:
-        return dict(self.options)
+        """The options, as keyword arguments of the method (a fresh copy on each call)."""
+        return json.loads(self.options_json)
+
+    @property
+    def description(self) -> dict:
+        """The spec as a part of a cache key."""
+        return {"label": self.label, "method": self.method, "options": self.options_json}
+
+
+def _method_spec(label: str, method: str, options: Mapping) -> MethodSpec:
+    """The spec of ``method`` with ``options`` under the row label ``label``, its options checked."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"the options of {label!r} must be a dict of keyword arguments, got "
+                        f"{type(options).__name__}")
+    for name, value in options.items():
+        _check_json_value(value, f"option {name!r} of {label!r}")
+    return MethodSpec(label, method, json.dumps(dict(options), sort_keys=True))
 
 
 def method_specs(methods: Sequence[str] | Mapping[str, tuple[str, dict]]) -> list[MethodSpec]:
-    """``["gradcam", "liftcam"]`` or ``{"SHAP-CAM_10": ("shapcam", {"n_permutations": 10})}``."""
+    """``["gradcam", "liftcam"]`` or ``{"SHAP-CAM_10": ("shapcam", {"n_permutations": 10})}``; option
+    values must be JSON values (``TypeError`` naming the option otherwise)."""
+    if isinstance(methods, str):
+        raise TypeError(f"methods must be a list of method names such as ['gradcam'] or a dict of labels to "
+                        f"(method name, options dict) pairs, not the str {methods!r}")
     if isinstance(methods, Mapping):
-        specs = [MethodSpec(label, name, tuple(sorted(options.items())))
-                 for label, (name, options) in methods.items()]
+        for label, pair in methods.items():
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TypeError(f"{label!r} must be a (method name, options dict) pair, e.g. "
+                                f"('shapcam', {{'n_permutations': 10}}), got {pair!r}")
+        specs = [_method_spec(label, name, options) for label, (name, options) in methods.items()]
     else:
         specs = [MethodSpec(name, name) for name in methods]
+    if not specs:
+        raise ValueError(f"no methods given; name at least one of: {', '.join(METHODS)}")
     for spec in specs:
         if spec.method not in METHODS:
             raise ValueError(f"unknown method {spec.method!r}; valid methods: {', '.join(METHODS)}")
     return specs
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of the package's source: results computed by other code never count as cached."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parents[1].rglob("*.py")):  # the whole liftcam_utils package
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def box_mask_after_preprocess(record: ImageRecord, preprocess, label: int, size) -> torch.Tensor:
@@ -178,15 +220,24 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
     return results
 
 
-@functools.lru_cache(maxsize=2)
-def _worker_model(name: str, weights: str, device: str | None) -> LoadedModel:
-    """On a Dask worker: the model, loaded once per worker process."""
-    return load_model(name, weights=weights, device=device)
+# on a Dask worker: network received -> {device: the model moved there}, made once per worker and device
+_device_copies: weakref.WeakKeyDictionary[nn.Module, dict[str, LoadedModel]] = weakref.WeakKeyDictionary()
 
 
-def _remote_shard(name, weights, device, layer, records, specs, metrics, absent, reference):
-    model = _worker_model(name, weights, device)
-    return _shard_rows(model, layer, records, specs, metrics, absent, reference)
+def _on_device(model: LoadedModel, device: str) -> LoadedModel:
+    """``model`` on ``device``: itself when it is there, else a copy moved there (kept for later shards).
+    The received model is never moved in place: an in-process worker shares it with the caller."""
+    if model.device == torch.device(device):
+        return model
+    copies = _device_copies.setdefault(model.net, {})
+    if device not in copies:
+        copies[device] = dataclasses.replace(model, net=copy.deepcopy(model.net).to(device))
+    return copies[device]
+
+
+def _remote_shard(model, device, layer, records, specs, metrics, absent, reference):
+    """On a Dask worker: :func:`_shard_rows` with the model this process sent, on ``device``."""
+    return _shard_rows(_on_device(model, device), layer, records, specs, metrics, absent, reference)
 
 
 @dataclass
@@ -212,96 +263,9 @@ def paper_table(rows_by_dataset: Mapping[str, pd.DataFrame], metric: str) -> pd.
     return pd.DataFrame(columns).reindex(order)
 
 
-# network -> (its state dict's tensors with their version counters, the hash of their contents)
-_weights_digests: weakref.WeakKeyDictionary[nn.Module, tuple[list, str]] = weakref.WeakKeyDictionary()
-
-
-def weights_digest(model: LoadedModel) -> str:
-    """A hash of the contents of ``model.net``'s weights: every tensor of its state dict, by name,
-    dtype, shape and bytes.
-
-    Memoised per network; it is recomputed when a tensor has been replaced or changed in place
-    (PyTorch's version counter, which in-place ops, optimisers and ``load_state_dict`` advance).
-    A change written through ``tensor.data`` bypasses that counter and is not seen.
-    """
-    tensors = [(name, tensor, tensor._version) for name, tensor in model.net.state_dict(keep_vars=True).items()]
-    memo = _weights_digests.get(model.net)
-    if memo is not None and len(memo[0]) == len(tensors) and all(
-            name == old_name and tensor is old_tensor and version == old_version
-            for (name, tensor, version), (old_name, old_tensor, old_version) in zip(tensors, memo[0], strict=True)):
-        return memo[1]
-    digest = hashlib.sha256()
-    for name, tensor, _ in tensors:
-        data = tensor.detach().cpu().contiguous()
-        digest.update(json.dumps([name, str(data.dtype), list(data.shape)]).encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy())
-    _weights_digests[model.net] = (tensors, digest.hexdigest())
-    return digest.hexdigest()
-
-
-def record_digest(record: ImageRecord) -> str:
-    """A hash of all a record gives its rows: its name, RGB pixels, labels, boxes and question."""
-    image = record.image()
-    description = json.dumps({
-        "name": record.name, "labels": list(record.labels), "boxes": [dataclasses.astuple(b) for b in record.boxes],
-        "question": record.question, "size": list(image.size),
-    }, default=str)
-    digest = hashlib.sha256(description.encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
-def _cache_key(model: LoadedModel, weights: str, layer: str, spec: MethodSpec, metrics, absent, reference,
-               images: Sequence[str]) -> str:
-    """The name of the cache file of ``spec`` on a shard: ``weights`` is the model's
-    :func:`weights_digest`, ``images`` the shard's :func:`record_digest` values."""
-    description = json.dumps({
-        "model": model.name, "weights": model.weights, "weights_digest": weights, "layer": layer,
-        "label": spec.label, "method": spec.method, "options": [list(o) for o in spec.options],
-        "metrics": list(metrics), "absent": absent,
-        "reference": None if reference is None else [reference.method, [list(o) for o in reference.options]],
-        "images": list(images), "code": code_version(),
-    }, sort_keys=True, default=str)
-    return hashlib.sha256(description.encode()).hexdigest()[:24]
-
-
-def frame_to_json(frame: pd.DataFrame) -> str:
-    """``frame`` (default index) as JSON that :func:`frame_from_json` reads back exactly: each
-    column's name, dtype and values, floats as their shortest exact decimal (``NaN`` for NaN)."""
-    return json.dumps({"columns": [{"name": name, "dtype": str(column.dtype), "values": column.tolist()}
-                                   for name, column in frame.items()]})
-
-
-def frame_from_json(text: str) -> pd.DataFrame:
-    """The frame :func:`frame_to_json` wrote; ``ValueError``, ``KeyError`` or ``TypeError`` when
-    ``text`` is not such a file (not JSON, truncated, columns of unequal length or unknown dtype)."""
-    columns = json.loads(text)["columns"]
-    values = pd.DataFrame({column["name"]: column["values"] for column in columns})
-    return values.astype({column["name"]: column["dtype"] for column in columns})
-
-
-def _write_frame(frame: pd.DataFrame, path: str) -> None:
-    Path(path).write_text(frame_to_json(frame))
-
-
-def _read_cached(path: Path, shard: list[ImageRecord], spec: MethodSpec, columns: list[str]) -> pd.DataFrame | None:
-    """The rows of ``spec`` on ``shard`` cached in ``path``; None when there is no such file, and
-    when the file is damaged (then with a warning that names it)."""
-    if not path.is_file():
-        return None
-    try:
-        frame = frame_from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as error:
-        problem = f"unreadable: {type(error).__name__}: {error}"
-    else:
-        if list(frame.columns) != columns:
-            problem = f"columns {list(frame.columns)}, expected {columns}"
-        elif frame["image"].tolist() != [r.name for r in shard] or (frame["method"] != spec.label).any():
-            problem = f"its rows are not those of {spec.label!r} on this shard's images"
-        else:
-            return frame
-    warnings.warn(f"cache file {path} is damaged ({problem}); recomputing it", stacklevel=3)
-    return None
+def _is_int(value) -> bool:
+    """An int (Python's or NumPy's), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _shards(records: list[ImageRecord], shard_size: int) -> Iterable[list[ImageRecord]]:
@@ -329,13 +293,28 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     similarity to the ``reference`` method's alpha, e.g.
     ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
     removed pixel (see :mod:`liftcam_utils.evaluation.metrics`). The target of each image is its first label.
-    ``device`` applies to Dask workers; in this process the model's own device is used.
+    ``device``: where Dask workers compute (default: the model's device); in this process the model's own
+    device is used.
 
     ``cache_dir``: a folder of cached results, one JSON file per (shard of ``shard_size`` images,
     method), keyed as described in this module's docstring. Files found there are read instead of
-    recomputed; missing ones are computed and written atomically; a damaged one (truncated, not
-    JSON, other columns or rows) is recomputed with a warning naming it and overwritten.
+    recomputed; missing ones are computed and written atomically; a damaged one (unreadable, or not
+    the rows this run expects: other columns or dtypes, images, targets or method, a number that
+    must be finite and is not, a curve of another length) is recomputed with a warning naming it
+    and overwritten. Something other than a file at a file's path (a folder) is left alone: its
+    rows are recomputed and not stored, with a warning.
     """
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty; evaluate needs at least one ImageRecord")
+    if isinstance(metrics, str):
+        raise TypeError(f"metrics must be a list of metric names such as ['faithfulness'], not the str {metrics!r}; "
+                        f"valid metrics: {', '.join(METRICS)}")
+    if not _is_int(shard_size) or shard_size < 1:
+        raise (ValueError if _is_int(shard_size) else TypeError)(
+            f"shard_size must be a positive int (images per shard), got {shard_size!r}")
+    if n_images is not None and not _is_int(n_images):
+        raise TypeError(f"n_images must be an int in 1 .. {len(dataset)} (the dataset's size) or None (every "
+                        f"record), got {n_images!r}")
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; valid metrics: {', '.join(METRICS)}")
@@ -347,16 +326,18 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     specs = method_specs(methods)
     reference_spec = method_specs({"reference": reference})[0] if reference else None
     records = select(dataset, n_images, seed)
+    model.check_label_space(records)  # a label of another dataset's classes would explain another class
     layer = layer or model.layer
     metrics = tuple(m for m in METRICS if m in metrics)
     shards = list(_shards(records, shard_size))
     files: dict[tuple[int, MethodSpec], Path] = {}
     if cache_dir is not None:
-        weights = weights_digest(model)
+        run = {"model": model_fingerprint(model, layer), "metrics": list(metrics), "absent": absent,
+               "reference": None if reference_spec is None else reference_spec.description, "code": code_version()}
         for index, shard in enumerate(shards):
             images = [record_digest(r) for r in shard]
             for spec in specs:
-                key = _cache_key(model, weights, layer, spec, metrics, absent, reference_spec, images)
+                key = cache_key({**run, "images": images, "method": spec.description})
                 files[index, spec] = Path(cache_dir) / f"{key}.json"
     columns = [*ROW_COLUMNS, *(column for metric in metrics for column in METRIC_COLUMNS[metric])]
 
@@ -365,7 +346,9 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     for index, shard in enumerate(shards):
         missing = []
         for spec in specs:
-            cached = _read_cached(files[index, spec], shard, spec, columns) if cache_dir is not None else None
+            cached = None if cache_dir is None else read_cached(files[index, spec], ExpectedRows(
+                spec.label, tuple(r.name for r in shard), tuple(r.label for r in shard), tuple(columns),
+                tuple((c, n) for c, n in CURVE_POINTS.items() if c in columns), UNDEFINED_AS_NAN))
             if cached is None:
                 missing.append(spec)
             else:
@@ -373,43 +356,61 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
         if missing:
             todo.append((index, shard, missing))
 
-    def store(index, shard, results):
+    def keep(index, shard, results):
         for spec, frame in results.items():
             if cache_dir is not None:
-                write_atomically(files[index, spec], functools.partial(_write_frame, frame))
+                store(files[index, spec], frame)
             done[index, spec] = frame
 
     bar = tqdm(total=sum(len(s) for _, s, _ in todo), desc="images", unit="img", disable=not progress)
     if dask_scheduler is None:
         for index, shard, missing in todo:
-            store(index, shard, _shard_rows(model, layer, shard, missing, metrics, absent, reference_spec))
+            keep(index, shard, _shard_rows(model, layer, shard, missing, metrics, absent, reference_spec))
             bar.update(len(shard))
     else:
-        _run_on_dask(dask_scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar)
+        _run_on_dask(dask_scheduler, model, device, layer, todo, metrics, absent, reference_spec, keep, bar)
     bar.close()
     rows = pd.concat([done[i, spec] for spec in specs for i in range(len(shards))], ignore_index=True)
     return Evaluation(rows=rows, summary=summarize(rows))
 
 
-def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, store, bar) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
+MODEL_SENDS = 3  # how often the model is sent to Dask workers in one run, when it is lost with the workers holding it
 
-    if model.weights is None:
-        raise ValueError("a randomly initialised model (weights=None) cannot be rebuilt identically on Dask "
-                         "workers; save its state dict and load the model with weights=<that file>")
+
+def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, keep, bar) -> None:
+    """Compute the shards of ``todo`` on Dask workers. The model itself (network with its weights as they are
+    now in this process, preprocessing, vocabulary) is sent to every worker, on the CPU; each worker moves it
+    to ``device`` (default: the model's device here). A worker that dies in a shard has that shard
+    computed again by Dask; when every worker holding the model has died (e.g. the only one), the shards not
+    yet done are lost with it: the model is sent again and they are resubmitted, up to ``MODEL_SENDS`` times."""
+    from dask.distributed import CancelledError, Client, LocalCluster, as_completed
+
+    device = str(device or model.device)
+    sent = model if model.device.type == "cpu" else dataclasses.replace(model, net=copy.deepcopy(model.net).cpu())
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) \
         if scheduler == "local" else None
     client = Client(cluster if cluster is not None else scheduler)
     try:
-        futures = {}
-        for index, shard, missing in todo:
-            future = client.submit(_remote_shard, model.name, model.weights, device, layer, shard, missing,
-                                   metrics, absent, reference_spec, pure=False)
-            futures[future] = (index, shard)
-        for future in as_completed(futures):
-            index, shard = futures[future]
-            store(index, shard, future.result())
-            bar.update(len(shard))
+        for _ in range(MODEL_SENDS):
+            remote_model = client.scatter(sent, broadcast=True, hash=False)
+            futures = {client.submit(_remote_shard, remote_model, device, layer, shard, missing, metrics, absent,
+                                     reference_spec, pure=False): (index, shard, missing)
+                       for index, shard, missing in todo}
+            todo = []
+            for future in as_completed(futures):
+                index, shard, missing = futures[future]
+                try:
+                    results = future.result()
+                except CancelledError:  # its model was lost
+                    todo.append((index, shard, missing))
+                    continue
+                keep(index, shard, results)
+                bar.update(len(shard))
+            if not todo:
+                return
+        raise RuntimeError(f"the model sent to the Dask workers was lost {MODEL_SENDS} times, each time with the "
+                           f"last worker holding it; {len(todo)} shards were not computed (the others are cached "
+                           "where a cache_dir was given: a rerun resumes)")
     finally:
         client.close()
         if cluster is not None:

@@ -10,6 +10,12 @@ ROAD (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attributi
 2022) has no baseline: its removed pixels are filled in from the kept ones by noisy linear
 imputation (:func:`noisy_linear_imputation`), so that the shape of the removed region tells the
 model as little as possible about the class.
+
+Nothing undefined becomes a score. A metric of the model's outputs (the confidences ``Y``, ``O``, ``D``,
+the curves, the coefficient vectors of the cosine) is NaN for an image where its input is NaN or
+infinite: a NaN model gives NaN rows, never a plausible score. A saliency map with a NaN or infinite
+value, or not one map per image, is refused (``ValueError``): the maps of
+:func:`~liftcam_utils.engine.cam_map.cam_map` are always finite, so such a map is a caller's mistake.
 """
 
 from __future__ import annotations
@@ -45,8 +51,38 @@ def baseline_image(preprocess, absent: str = "mean") -> torch.Tensor:
     return value[:, None, None]
 
 
+def _check_one_map_per_image(x: torch.Tensor, maps: torch.Tensor, name: str) -> None:
+    """``ValueError`` unless ``x`` is (B, C, H, W) images and ``maps`` one (H, W) map per image, (B, H, W):
+    a single map is never broadcast over a batch."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be a (B, C, H, W) batch of images, got shape {tuple(x.shape)}")
+    expected = (x.shape[0], *x.shape[2:])
+    if tuple(maps.shape) != expected:
+        raise ValueError(f"{name} {tuple(maps.shape)} does not match the images {tuple(x.shape)}: expected one "
+                         f"map per image, shape {expected}")
+
+
+def _check_saliency(saliency: torch.Tensor) -> None:
+    """``ValueError`` unless ``saliency`` is a non-empty batch of finite (H, W) maps, (B, H, W)."""
+    if saliency.dim() != 3:
+        raise ValueError(f"saliency must be (B, H, W) maps, got shape {tuple(saliency.shape)}")
+    if saliency.numel() == 0:
+        raise ValueError(f"saliency {tuple(saliency.shape)} is empty: give at least one map of at least one pixel")
+    finite = torch.isfinite(saliency).flatten(1).all(1)
+    if not finite.all():
+        raise ValueError(f"saliency has NaN or infinite values in map(s) {(~finite).nonzero()[:, 0].tolist()}; "
+                         "metrics need finite maps (those of cam_map are in [0, 1])")
+
+
+def _nan_where_not_finite(values: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """``values`` with NaN wherever an entry of one of ``inputs`` (same shape) is NaN or infinite."""
+    finite = torch.stack([torch.isfinite(t) for t in inputs]).all(0)
+    return torch.where(finite, values, torch.nan)
+
+
 def blend(x: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
-    """``keep * x + (1 - keep) * baseline``; ``keep`` is (B, H, W) in [0, 1]."""
+    """``keep * x + (1 - keep) * baseline``; ``keep`` is (B, H, W) in [0, 1], one map per image of ``x``."""
+    _check_one_map_per_image(x, keep, "keep")
     keep = keep[:, None].to(x.dtype)
     return keep * x + (1 - keep) * baseline.to(x)
 
@@ -58,7 +94,10 @@ def _target_softmax(net, images: torch.Tensor, target: torch.Tensor) -> torch.Te
 
 def confidence_scores(net, x, saliency, target, baseline) -> dict[str, torch.Tensor]:
     """Per image: ``Y`` (softmax of ``x``), ``O`` (of ``e = s o x``, Eq. 10) and ``D`` (of
-    ``e_inv = (1 - s) o x``, Sec. 4.1) for the target class."""
+    ``e_inv = (1 - s) o x``, Sec. 4.1) for the target class. NaN where the model gives NaN; ``ValueError``
+    for a saliency map that is not finite or not one (H, W) map per image."""
+    _check_one_map_per_image(x, saliency, "saliency")
+    _check_saliency(saliency)
     return {
         "Y": _target_softmax(net, x, target),
         "O": _target_softmax(net, blend(x, saliency, baseline), target),
@@ -72,18 +111,21 @@ def _ratio(numerator: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def increase_in_confidence(y: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """Per-image term of IC (Eq. 11): ``100 * 1[Y < O]``. Average over images for the metric."""
-    return (y < o).to(torch.float32) * 100
+    """Per-image term of IC (Eq. 11): ``100 * 1[Y < O]``. Average over images for the metric.
+    NaN where ``Y`` or ``O`` is NaN or infinite (never 0, which would read as a valid comparison)."""
+    return _nan_where_not_finite((y < o).to(torch.float32) * 100, y, o)
 
 
 def average_drop(y: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """Per-image term of AD (Eq. 12): ``100 * max(0, Y - O) / Y`` (0 where Y = 0)."""
-    return _ratio((y - o).clamp_min(0), y) * 100
+    """Per-image term of AD (Eq. 12): ``100 * max(0, Y - O) / Y`` (0 where Y = 0).
+    NaN where ``Y`` or ``O`` is NaN or infinite (never 0, the best score)."""
+    return _nan_where_not_finite(_ratio((y - o).clamp_min(0), y) * 100, y, o)
 
 
 def average_drop_in_deletion(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Per-image term of ADD (Eq. 13): ``100 * (Y - D) / Y`` (0 where Y = 0)."""
-    return _ratio(y - d, y) * 100
+    """Per-image term of ADD (Eq. 13): ``100 * (Y - D) / Y`` (0 where Y = 0).
+    NaN where ``Y`` or ``D`` is NaN or infinite."""
+    return _nan_where_not_finite(_ratio(y - d, y) * 100, y, d)
 
 
 def _check_fraction(fraction: float) -> None:
@@ -98,9 +140,9 @@ def _pixel_count(fraction: float, n_pixels: int) -> int:
 
 
 def _relevance_ranking(saliency: torch.Tensor, seed: int) -> torch.Tensor:
-    """(B, H * W) pixel indices of each map, most salient first, ties in an order drawn from ``seed``."""
-    if saliency.dim() != 3:
-        raise ValueError(f"saliency must be (B, H, W) maps, got shape {tuple(saliency.shape)}")
+    """(B, H * W) pixel indices of each map, most salient first, ties in an order drawn from ``seed``;
+    ``ValueError`` for an empty batch or a map with a NaN or infinite value (it has no ranking)."""
+    _check_saliency(saliency)
     shuffle = torch.randperm(saliency[0].numel(), generator=torch.Generator().manual_seed(seed)).to(saliency.device)
     return shuffle[saliency.flatten(1)[:, shuffle].argsort(dim=1, descending=True, stable=True)]
 
@@ -131,7 +173,8 @@ def top_fraction_mask(saliency: torch.Tensor, fraction: float, seed: int = 0) ->
     that many ones, is the same on every call with the same ``seed``, and grows by nesting as the
     fraction grows. Breaking ties by pixel index instead would favour the top rows of every flat
     region of the map (a ReLU's zeros, a saturated plateau) and bias insertion / deletion AUCs by where
-    the object happens to sit in the image. ``ValueError`` unless ``fraction`` is in [0, 1].
+    the object happens to sit in the image. ``ValueError`` unless ``fraction`` is in [0, 1] and ``saliency``
+    is a non-empty (B, H, W) batch of finite maps.
     """
     return _top_of(saliency, _relevance_ranking(saliency, seed), fraction)
 
@@ -156,7 +199,11 @@ def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.
 
     Pixels of equal saliency are ranked in a random order drawn from ``seed``
     (:func:`top_fraction_mask`), the same at every delta: the curves are deterministic for a seed,
-    and a flat region of the map is inserted or deleted in no particular spatial order."""
+    and a flat region of the map is inserted or deleted in no particular spatial order.
+
+    An image's curves are NaN where the model gives NaN (and so is its :func:`auc`); a saliency map that
+    is not finite, or not one (H, W) map per image, is refused (``ValueError``)."""
+    _check_one_map_per_image(x, saliency, "saliency")
     ranking = _relevance_ranking(saliency, seed)  # once: every delta takes a prefix of it
     insertion, deletion = [], []
     for delta in deltas.tolist():
@@ -167,7 +214,7 @@ def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.
 
 
 def auc(curve: torch.Tensor, deltas: torch.Tensor = DELTAS) -> torch.Tensor:
-    """Area under a (B, K) insertion or deletion curve over delta in [0, 1]."""
+    """Area under a (B, K) insertion or deletion curve over delta in [0, 1]; NaN for a curve with a NaN."""
     return trapezoid(curve, deltas.to(curve.device))
 
 
@@ -278,9 +325,11 @@ def road_curves(net, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tens
     curve stay high. Pixels of equal saliency are ranked as in :func:`top_fraction_mask` (seeded,
     the same at every fraction; the LeRF pixels are the end of the same ranking,
     :func:`bottom_fraction_mask`).
+
+    An image's curves are NaN where the model gives NaN; a saliency map that is not finite, or not one
+    (H, W) map per image, is refused (``ValueError``).
     """
-    if x.dim() != 4 or tuple(saliency.shape) != (x.shape[0], *x.shape[2:]):
-        raise ValueError(f"saliency {tuple(saliency.shape)} does not match the images {tuple(x.shape)}")
+    _check_one_map_per_image(x, saliency, "saliency")
     fractions = [float(p) for p in fractions]
     if not fractions:
         raise ValueError("fractions is empty")
@@ -299,18 +348,28 @@ def road_score(curve: torch.Tensor) -> torch.Tensor:
     """One number per image for a (B, K) ROAD curve: its mean over the fractions. The paper compares
     the curves themselves (accuracy at each fraction); for equally spaced fractions the mean is
     proportional to the area under the curve by the midpoint rule. Lower is better for MoRF,
-    higher for LeRF."""
+    higher for LeRF. NaN for a curve with a NaN."""
     return curve.mean(-1)
 
 
 def energy_pointing_game(saliency: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 14: the share of the map's energy inside the target's box(es), per image.
+    """Eq. 14: the share of the map's energy inside the target's box(es), per image,
+    ``sum_{p in box} s(p) / sum_p s(p)``, in [0, 1].
 
-    ``box_mask`` (B, H, W) is 1 inside the union of the boxes. An all-zero map has no energy and
-    scores 0; so does an image with no box (an all-zero ``box_mask``).
+    ``saliency`` (B, H, W) must be finite and non-negative (an energy; the maps of ``cam_map`` are in
+    [0, 1]) and ``box_mask`` (B, H, W) binary, 1 inside the union of the boxes: anything else is
+    refused (``ValueError``), as it would give shares outside [0, 1]. An all-zero map has no energy
+    and scores 0; so does an image with no box (an all-zero ``box_mask``).
     """
     if saliency.shape != box_mask.shape:
         raise ValueError(f"saliency {tuple(saliency.shape)} and box mask {tuple(box_mask.shape)} differ")
+    _check_saliency(saliency)
+    if (saliency < 0).any():
+        raise ValueError(f"saliency has negative values (minimum {saliency.min().item():.4g}); the energy of "
+                         "Eq. 14 needs a non-negative map, e.g. s(u(ReLU(...))) of cam_map, in [0, 1]")
+    if not ((box_mask == 0) | (box_mask == 1)).all():
+        raise ValueError("box_mask must be binary, 0 outside and 1 inside the boxes (box_mask() draws one); "
+                         f"got values such as {box_mask[(box_mask != 0) & (box_mask != 1)][0].item():.4g}")
     total = saliency.flatten(1).sum(1)
     inside = (saliency * box_mask.to(saliency.dtype)).flatten(1).sum(1)
     return _ratio(inside, total)
@@ -328,6 +387,9 @@ def box_mask(boxes, height: int, width: int) -> torch.Tensor:
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine similarity of coefficient vectors (Table 2); 0 if either row is zero."""
+    """Row-wise cosine similarity of coefficient vectors (Table 2), ``a . b / (|a| |b|)``; 0 if either row is
+    zero, NaN if either row has a NaN or infinite entry (no direction to compare)."""
     norms = a.norm(dim=-1) * b.norm(dim=-1)
-    return torch.where(norms > 0, (a * b).sum(-1) / torch.where(norms > 0, norms, 1.0), 0.0)
+    cosine = torch.where(norms > 0, (a * b).sum(-1) / torch.where(norms > 0, norms, 1.0), 0.0)
+    finite = torch.isfinite(a).all(-1) & torch.isfinite(b).all(-1)
+    return torch.where(finite, cosine, torch.nan)

@@ -20,7 +20,8 @@ def scorecam(inputs: CamInput, batch_size: int | None = None, *, baseline: bool 
     ``alpha_k = softmax(f(x o H_k))_c``, and it skips maps whose upsampling is constant.
     ``baseline=False`` computes those weights (it weights the upsampled maps, which is Eq. 1 upsampled
     afterwards: bilinear upsampling is linear). Either way a constant map gets ``alpha_k = 0``: its
-    mask is 0, so ``x o H_k = x_b`` and its gain is 0 by definition.
+    mask is 0, so ``x o H_k = x_b`` and its gain is 0 by definition. ``baseline`` must be a bool
+    (``TypeError`` otherwise: a string such as ``"no"`` would read as True).
 
     On every non-constant map the two differ by the same ``beta = softmax(f(x_b))_c > 0`` per image,
     so their maps before the ReLU of Eq. 1 differ by ``beta * sum_k A_k`` (over the non-constant
@@ -32,6 +33,9 @@ def scorecam(inputs: CamInput, batch_size: int | None = None, *, baseline: bool 
     masks exist at once. By default 32 on a GPU and 1 on a CPU, where batched convolutions
     (EfficientNet's depthwise ones above all) were measured slower per image than single ones.
     """
+    if not isinstance(baseline, bool):
+        raise TypeError(f"baseline must be a bool: True (subtract the softmax of the baseline image, Definition 2) "
+                        f"or False (the raw softmax of the official code), got {baseline!r}")
     if batch_size is None:
         batch_size = 32 if inputs.x.device.type == "cuda" else 1
     check_positive_int("batch_size", batch_size)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..datasets.questions import Vocabulary
+from ..datasets.records import ImageRecord
 from ..engine.split import CamSplit, split_model
 from .fixed_inputs import fix_inputs
 
@@ -45,6 +46,27 @@ class LoadedModel:
         tokens = vocabulary.encode(question, length)[None].to(self.device)
         return dataclasses.replace(self, net=fix_inputs(self.net, tokens), question=question)
 
+    def check_label_space(self, records: Sequence[ImageRecord]) -> None:
+        """Refuse records whose labels index other classes than this model's ``categories`` (their ``classes``,
+        the dataset's label space): their label 1 would be explained as this model's class 1. Records with
+        ``classes=None`` (an unknown space) pass. The error names the first such record and both spaces."""
+        space = tuple(self.categories)
+        for record in records:
+            if record.classes is not None and tuple(record.classes) != space:
+                label = record.labels[0] if record.labels else None
+                meant = f" (label {label} is {record.classes[label]!r} there, {space[label]!r} here)" if (
+                    label is not None and label < len(record.classes) and label < len(space)) else ""
+                raise ValueError(
+                    f"record {record.name!r} is labelled in a label space of {_describe(record.classes)}, but model "
+                    f"{self.name!r} classifies {_describe(space)}{meant}: use a model of the records' label space "
+                    "(datasets.DEFAULT_MODELS names one per dataset) or records labelled in the model's")
+
     def split(self, layer: str | None = None) -> CamSplit:
         """The model cut at ``layer`` (default: the model's default CAM layer)."""
         return split_model(self.net, layer or self.layer)
+
+
+def _describe(classes: Sequence[str]) -> str:
+    """``"6 classes (red circle, green square, blue triangle, ...)"``."""
+    shown = ", ".join(classes[:3]) + (", ..." if len(classes) > 3 else "")
+    return f"{len(classes)} classes ({shown})"
