@@ -17,7 +17,7 @@ The package is layered; each sub-package imports only those below it (docs/archi
 * :mod:`.models`: models by name, our trained models and their training, fixed inputs;
 * :mod:`.datasets`: records, embedded photos, generated scenes and questions, readers of the paper's data;
 * :mod:`.engine`: body/head split, :class:`CamInput`, the map, the DeepLIFT/LRP rule table, the channel game;
-* :mod:`.files`: atomic writes.
+* :mod:`.files`: atomic writes; :mod:`.json_values`: values with one exact text.
 """
 
 from .engine.cam_input import CamInput, SignedActivationsWarning

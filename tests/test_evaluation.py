@@ -348,8 +348,8 @@ def test_a_global_module_hook_is_refused_by_the_cache(tiny_model, records, tmp_p
                          ids=["tensor", "array", "tuple", "object", "numpy-int-in-list"])
 def test_method_options_must_be_json_values(tiny_model, records, value):
     """``tensor(0.2500)`` prints alike for many values: no option whose text in a key is not exact."""
-    with pytest.raises(TypeError, match=r"option 'epsilon' of 'LRP'.* must be JSON values: str, int, float, bool, "
-                                        r"None, and lists and dicts"):
+    with pytest.raises(TypeError, match=r"option 'epsilon' of 'LRP'.* must be JSON values: str, int, finite float, "
+                                        r"bool, None, and lists and dicts"):
         E.evaluate(tiny_model, records, {"LRP": ("lrpcam", {"epsilon": value})}, progress=False)
 
 

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import math
 import sys
 from pathlib import Path
 
 from ..evaluation.report import build_report
+from ..json_values import VALID_TYPES as JSON_TYPES
+from ..json_values import json_value
 
 # Small sizes for the test suite; notebooks not listed run at their defaults (they take seconds).
 QUICK_PARAMETERS = {
@@ -44,47 +45,24 @@ QUICK_PARAMETERS = {
 }
 
 
-VALID_TYPES = "None, bool, int, finite float, str, or lists (tuples, sets) and str-keyed dicts of those"
+VALID_TYPES = f"{JSON_TYPES} (a tuple or set becomes a list)"
 
 
 class ParameterError(ValueError):
     """A ``-p`` parameter refused: unknown name, or a value papermill cannot inject safely."""
 
 
-def _json_like(value, where: str):
-    """``value`` as None, bool, int, finite float, str, or lists and str-keyed dicts of those; raises ValueError."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} is {value!r}, not a finite float")
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_like(item, f"{where}[{k}]") for k, item in enumerate(value)]
-    if isinstance(value, (set, frozenset)):
-        try:
-            items = sorted(value)
-        except TypeError:
-            raise ValueError(f"{where} is a set of items that cannot be sorted into a list") from None
-        return [_json_like(item, f"{where} item {item!r}") for item in items]
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                raise ValueError(f"{where} has the key {key!r} ({type(key).__name__}), not a str")
-        return {key: _json_like(item, f"{where}[{key!r}]") for key, item in value.items()}
-    raise ValueError(f"{where} is of type {type(value).__name__}")
-
-
 def _injectable(name: str, value, given: str | None = None):
-    """``value`` as papermill injects it safely (see :func:`_json_like`), checked by a round trip: the text papermill
-    writes into the notebook for it must read back (``ast.literal_eval``, which runs no code) as the same value.
+    """``value`` as papermill injects it safely: a JSON value (:func:`~liftcam_utils.json_values.json_value`), checked
+    by a round trip: the text papermill writes into the notebook for it must read back (``ast.literal_eval``, which
+    runs no code) as the same value.
     ``given``: the value as the user typed it, for messages."""
     from papermill.translators import PythonTranslator
 
     given = repr(value) if given is None else given
     try:
-        value = _json_like(value, f"the value {given}")
-    except ValueError as error:
+        value = json_value(value, f"the value {given}", tuples_and_sets_as_lists=True)
+    except (TypeError, ValueError) as error:
         raise ParameterError(f"parameter {name!r}: {error}; valid types: {VALID_TYPES}") from None
     except RecursionError:
         raise ParameterError(f"parameter {name!r}: the value {given} is nested too deeply") from None

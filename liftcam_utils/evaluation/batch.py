@@ -36,6 +36,7 @@ from ..datasets.records import ImageRecord, select
 from ..engine.cam_input import prepare
 from ..engine.cam_map import cam_map
 from ..engine.split import eval_mode
+from ..json_values import VALID_TYPES, json_value
 from ..methods import METHODS
 from ..models import LoadedModel
 from . import metrics as M
@@ -56,26 +57,6 @@ METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
 CURVE_POINTS = {"insertion_curve": len(M.DELTAS), "deletion_curve": len(M.DELTAS),
                 "road_morf_curve": len(M.ROAD_FRACTIONS), "road_lerf_curve": len(M.ROAD_FRACTIONS)}
 UNDEFINED_AS_NAN = ("pointing", "cosine")
-
-
-JSON_SCALARS = (str, int, float, bool, type(None))
-VALID_OPTION_TYPES = "str, int, float, bool, None, and lists and dicts (with str keys) of them"
-
-
-def _check_json_value(value, where: str) -> None:
-    """``TypeError`` naming ``where`` unless ``value`` is a JSON scalar, or a list or a dict with str keys of
-    JSON values: only such options have one exact text in a cache key (``tensor(0.2500)`` has many values)."""
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_json_value(item, f"{where}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where} has the key {key!r} of type {type(key).__name__}; dict keys must be str")
-            _check_json_value(item, f"{where}[{key!r}]")
-    elif not isinstance(value, JSON_SCALARS):
-        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}; method options must "
-                        f"be JSON values: {VALID_OPTION_TYPES}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +85,10 @@ def _method_spec(label: str, method: str, options: Mapping) -> MethodSpec:
         raise TypeError(f"the options of {label!r} must be a dict of keyword arguments, got "
                         f"{type(options).__name__}")
     for name, value in options.items():
-        _check_json_value(value, f"option {name!r} of {label!r}")
+        try:
+            json_value(value, f"option {name!r} of {label!r}")
+        except (TypeError, ValueError) as error:  # only JSON values have one exact text in a cache key
+            raise type(error)(f"{error}; method options must be JSON values: {VALID_TYPES}") from None
     return MethodSpec(label, method, json.dumps(dict(options), sort_keys=True))
 
 
