@@ -65,3 +65,21 @@ def table5() -> pd.Series:
 def table6() -> pd.DataFrame:
     """Table 6: VQA, Grad-CAM vs LIFT-CAM (IC, AD, ADD in %)."""
     return _table({"gradcam": (41.95, 16.71, 9.09), "liftcam": (43.39, 14.14, 9.58)}, ("IC", "AD", "ADD"))
+
+
+def gap(table: pd.DataFrame | pd.Series, method, versus, higher_is_better: bool = True,
+        column: str = "ImageNet") -> float:
+    """The paper's own difference ``method - competitor`` in ``column`` of one of its tables (ImageNet by
+    default), for :class:`~liftcam_utils.evaluation.verdicts.Claim`'s ``paper_diff``. Against several competitors
+    it is the difference to the closest one (the smallest improvement), the gap the claim's margin must respect.
+
+    ``method`` and ``versus`` are row labels (method names, or Table 1's P); ``versus`` may be a tuple of them.
+    ``gap(table3()["AD"], "liftcam", "gradcam", higher_is_better=False)`` is 29.15 - 31.89 = -2.74."""
+    values = table if isinstance(table, pd.Series) else table[column]
+    competitors = tuple(versus) if isinstance(versus, (tuple, list)) else (versus,)
+    unknown = [m for m in (method, *competitors) if m not in values.index]
+    if unknown:
+        raise ValueError(f"the paper's table has no row {unknown}; its rows: {list(values.index)}")
+    sign = 1.0 if higher_is_better else -1.0
+    diffs = {other: float(values[method] - values[other]) for other in competitors}
+    return diffs[min(diffs, key=lambda other: sign * diffs[other])]

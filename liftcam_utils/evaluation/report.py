@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..files import write_atomically
+from . import verdicts
 from .paper import METHOD_NAMES
 
 VERDICTS_SUFFIX = "_verdicts"
@@ -35,21 +37,39 @@ def save_figure(figure, name: str, output_dir: str | os.PathLike) -> None:
 
 
 def save_verdicts(table: pd.DataFrame, notebook: str, output_dir: str | os.PathLike) -> pd.DataFrame:
-    """Write a :func:`~liftcam_utils.evaluation.verdicts.verdict_table` to ``output_dir/<notebook>_verdicts.csv``."""
-    _write_text(Path(output_dir) / f"{notebook}{VERDICTS_SUFFIX}.csv", table.reset_index().to_csv(index=False))
+    """Write a :func:`~liftcam_utils.evaluation.verdicts.verdict_table` (its long form: every claim against every
+    competitor, with the unadjusted statistics) to ``output_dir/<notebook>_verdicts.csv``; the report re-adjusts
+    them over the whole workbook."""
+    _write_text(Path(output_dir) / f"{notebook}{VERDICTS_SUFFIX}.csv", table.to_csv(index=False))
     return table
 
 
-def _verdict_markdown(path: Path) -> str:
-    """A saved verdict table as Markdown: the claim, our numbers, the test and the verdict."""
-    table = pd.read_csv(path)
+def _number(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:+.3g}"
+
+
+def verdict_markdown(table: pd.DataFrame) -> str:
+    """A decided verdict table as Markdown, one row per claim: our numbers, the paper's difference, the
+    margin, the units, the share of non-zero units that improve, the Holm-adjusted p and the verdict."""
+    rows = verdicts.summary(table)
+    p = np.where(rows["verdict"] == verdicts.CONTRADICTED, rows["adj p worse"],
+                 np.where(rows["verdict"] == verdicts.NEGLIGIBLE, rows["adj p equivalent"], rows["adj p better"]))
+    test = np.where(rows["verdict"] == verdicts.CONTRADICTED, " (other way)",
+                    np.where(rows["verdict"] == verdicts.NEGLIGIBLE, " (TOST)", ""))
+    remarks = [f"same evidence as: {same}" if same else note for same, note in
+               zip(rows["same evidence as"], rows["note"], strict=True)]
     shown = pd.DataFrame({
-        "setup": table["setup"], "claim": table["claim"], "paper": table["source"],
-        "ours": [f"{a:.3g} vs {b:.3g} ({METHOD_NAMES.get(v, v)})"
-                 for a, b, v in zip(table["ours"], table["theirs"], table["versus"], strict=True)],
+        "setup": rows.index.get_level_values("setup"), "claim": rows.index.get_level_values("claim"),
+        "source": rows["source"],
+        "ours vs theirs": [f"{a:.3g} vs {b:.3g} ({METHOD_NAMES.get(v, v)})"
+                           for a, b, v in zip(rows["ours"], rows["theirs"], rows["versus"], strict=True)],
         "difference [95 % CI]": [f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for d, lo, hi in
-                                 zip(table["mean diff"], table["CI low"], table["CI high"], strict=True)],
-        "n": table["n"], "Wilcoxon p": [f"{p:.2g}" for p in table["p"]], "verdict": table["verdict"]})
+                                 zip(rows["diff"], rows["CI low"], rows["CI high"], strict=True)],
+        "paper": [_number(v) for v in rows["paper diff"]], "margin": [f"{m:.3g}" for m in rows["margin"]],
+        "units (non-zero)": [f"{u} ({k})" for u, k in zip(rows["units"], rows["non-zero"], strict=True)],
+        "better": [f"{b}/{k}" for b, k in zip(rows["better"], rows["non-zero"], strict=True)],
+        "Holm p": [f"{v:.2g}{t}" for v, t in zip(p, test, strict=True)], "verdict": rows["verdict"].to_numpy(),
+        "remark": remarks})
     return markdown_table(shown.set_index("setup"))
 
 
@@ -85,14 +105,22 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
     headings = {name.split("_", 1)[0]: name for name in names}
     text = [f"# {title}", ""]
     if verdict_files:
+        long = pd.concat([pd.read_csv(path, keep_default_na=True).assign(
+            notebook=path.name[: -len(f"{VERDICTS_SUFFIX}.csv")]) for path in verdict_files], ignore_index=True)
+        decided = verdicts.decide(long)
         text += ["## Verdicts: the paper's claims tested on our data", "",
-                 "Each claim is a paired comparison on the same images: the mean difference with a seeded bootstrap "
-                 "95 % interval and a two-sided Wilcoxon signed-rank test; the verdict is computed "
-                 "(`liftcam_utils.evaluation.verdicts`): *holds* when p < 0.05 and the interval is on the claimed side "
-                 "of 0, *contradicted* when both point the other way, *not shown at this n* otherwise.", ""]
-        for path in verdict_files:
-            notebook = path.name[: -len(f"{VERDICTS_SUFFIX}.csv")]
-            text += [f"### {notebook}", "", _verdict_markdown(path), ""]
+                 "Each claim compares two methods on the same images (`liftcam_utils.evaluation.verdicts`, explained "
+                 "in docs/statistics.md): the mean difference with a BCa bootstrap 95 % interval over independent "
+                 "units, a one-sided sign-flip permutation test of the mean in the claimed direction and in the "
+                 "other, and an equivalence test (TOST) within the margin, the smallest difference that counts (half "
+                 "the paper's own gap, or a practical one). The p-values here are Holm-adjusted over the whole "
+                 "workbook, the paper's claims and the claims beyond it as two families, so a verdict can be more "
+                 "cautious here than in its notebook. *better* counts the independent units that improve among "
+                 "those that differ.", "",
+                 "Tally (each piece of evidence counted once):", "",
+                 markdown_table(verdicts.verdict_counts(decided)), ""]
+        for notebook, part in decided.groupby("notebook", sort=True):
+            text += [f"### {notebook}", "", verdict_markdown(part), ""]
     for key in sorted(sections):
         text += [f"## {headings.get(key, key)}", ""] + [b + "\n" for b in sections[key]]
     path = results / "REPORT.md"
