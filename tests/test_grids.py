@@ -25,6 +25,9 @@ def test_grids_have_four_distinct_classes_in_exact_quadrants(confident):
         assert [(b.x0, b.y0, b.x1, b.y1) for b in grid.boxes] == [
             (0, 0, 112, 112), (112, 0, 224, 112), (0, 112, 112, 224), (112, 112, 224, 224)]
         assert [b.label for b in grid.boxes] == list(grid.labels)
+        # each quadrant's source photo, in box order: its label is the quadrant's
+        by_name = {r.name: r for r in confident}
+        assert [by_name[name].label for name in grid.sources] == list(grid.labels)
     again = make_grids(confident, n_grids=5, seed=1, cell=112)
     assert [g.labels for g in grids] == [g.labels for g in again]
     assert grids[0].image().tobytes() == again[0].image().tobytes()

@@ -284,3 +284,36 @@ def test_paper_gap_reads_the_paper_tables():
     assert paper.gap(paper.table1()["ADD"], 100, 1) == pytest.approx(0.39)
     with pytest.raises(ValueError, match="no row"):
         paper.gap(paper.table2(), "liftcam", "eigencam")
+
+
+def test_mean_interval_resamples_units():
+    rng = np.random.default_rng(10)
+    units = np.repeat(np.arange(6), 10)
+    values = rng.normal(0, 1, 6)[units] + rng.normal(0, 0.05, 60)
+    low, high = V.mean_interval(values, units)
+    naive_low, naive_high = V.mean_interval(values)
+    assert low < values.mean() < high and high - low > 2 * (naive_high - naive_low)
+    assert V.mean_interval(np.full(5, 3.0)) == (3.0, 3.0)
+    with pytest.raises(ValueError, match="finite"):
+        V.mean_interval(np.array([1.0, np.nan]))
+
+
+def test_saved_rows_and_verdicts_recompute_every_verdict(tmp_path):
+    from liftcam_utils.evaluation import report
+
+    rng = np.random.default_rng(11)
+    base = rng.normal(40, 8, 24)
+    photos = _rows({"liftcam": base - 2 + rng.normal(0, 1, 24), "gradcam": base, "ablationcam": base - 1.5}, "AD")
+    grids = _rows({"liftcam": base + rng.normal(0, 3, 24), "gradcam": base}, "AD", units=np.repeat(list("abcdef"), 4))
+    claims = {"photos": [V.Claim("LIFT lowers AD", "Table 3", "AD", "liftcam", ("gradcam",), False, paper_diff=-2.74),
+                         V.Claim("LIFT lowest AD", "Table 3", "AD", "liftcam", ("gradcam", "ablationcam"), False,
+                                 paper_diff=-0.26)],
+              "grids": [V.Claim("LIFT lowers AD", "ours", "AD", "liftcam", ("gradcam",), False, margin=0.5,
+                                beyond_paper=True)]}
+    table = V.verdict_table({"photos": photos, "grids": grids}, claims)
+    report.save_verdicts(table, "04_x", tmp_path)
+    report.save_rows({"photos": photos, "grids": grids}, "04_x", tmp_path)
+    saved = pd.read_csv(tmp_path / "04_x_verdicts.csv")
+    again = V.verdict_table(report.load_rows(tmp_path / "04_x_rows.csv"), V.claims_of(saved))
+    columns = ["setup", "claim", "versus", "diff", "CI low", "CI high", "p better", "adj p better", "verdict"]
+    pd.testing.assert_frame_equal(again[columns], table[columns])

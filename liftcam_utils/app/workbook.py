@@ -37,8 +37,9 @@ from ..json_values import json_value
 QUICK_PARAMETERS = {
     "02_shapcam_convergence": {"n_images": 3, "n_runs": 2, "n_reference": 64, "estimator_costs": [4, 16],
                                "estimator_reference": 64},
-    "03_cosine_similarity": {"n_images": {"photos": 3, "scenes": 12}, "n_permutations": {"photos": 40, "scenes": 200}},
-    "04_faithfulness": {"n_images": 3, "scenes_n_images": 12, "road_n_images": 2, "road_scenes_n_images": 6},
+    "03_cosine_similarity": {"n_images": {"photos": 3, "scenes": 12}, "n_permutations": {"photos": 40, "scenes": 200},
+                             "reference_draws": 2},
+    "04_faithfulness": {"n_images": 3, "scenes_n_images": 12},
     "05_localization": {"n_images": 24, "n_grids": 4},
     "06_vqa": {"n_images": 60},
     "07_sanity_checks": {"n_images": 1, "max_depth": 9},

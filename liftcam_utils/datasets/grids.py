@@ -37,7 +37,7 @@ def make_grids(records: list[ImageRecord], n_grids: int, seed: int = 0, cell: in
 
     Each photo is centre-cropped to a square and resized to ``cell`` pixels; the mosaic is
     ``2 cell`` square, with labels and boxes listed in quadrant order (top-left, top-right,
-    bottom-left, bottom-right).
+    bottom-left, bottom-right), and ``sources`` the four photos' names in the same order.
     """
     by_class: dict[int, list[ImageRecord]] = {}
     for record in records:
@@ -56,5 +56,6 @@ def make_grids(records: list[ImageRecord], n_grids: int, seed: int = 0, cell: in
             mosaic.paste(ImageOps.fit(record.image(), (cell, cell)), (x0, y0))
             boxes.append(Box(record.label, x0, y0, x0 + cell, y0 + cell))
         grids.append(ImageRecord(name=f"grid_{seed}_{index:03d}", labels=tuple(classes),
-                                 boxes=tuple(boxes), pixels=mosaic, classes=chosen[0].classes))
+                                 boxes=tuple(boxes), pixels=mosaic, classes=chosen[0].classes,
+                                 sources=tuple(record.name for record in chosen)))
     return grids

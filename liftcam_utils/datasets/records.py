@@ -41,6 +41,9 @@ class ImageRecord:
     # the label space: the names of the classes that ``labels`` index (e.g. the 1000 ImageNet classes); None where
     # unknown. A model classifies into its own ``categories``, and ``evaluate`` refuses records of another space.
     classes: tuple[str, ...] | None = field(default=None, repr=False)
+    # the names of the images this one was made from, in the order of its boxes (a mosaic: its four photos); the
+    # verdicts resample by source, since two images made from one photo are not independent evidence
+    sources: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self):
         if (self.path is None) == (self.pixels is None):

@@ -18,6 +18,7 @@ from . import verdicts
 from .paper import METHOD_NAMES
 
 VERDICTS_SUFFIX = "_verdicts"
+ROWS_SUFFIX = "_rows"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -42,6 +43,24 @@ def save_verdicts(table: pd.DataFrame, notebook: str, output_dir: str | os.PathL
     them over the whole workbook."""
     _write_text(Path(output_dir) / f"{notebook}{VERDICTS_SUFFIX}.csv", table.to_csv(index=False))
     return table
+
+
+def save_rows(rows_by_setup: dict[str, pd.DataFrame], notebook: str, output_dir: str | os.PathLike) -> Path:
+    """Write the per-image rows a notebook's verdicts are computed from to ``output_dir/<notebook>_rows.csv`` (one
+    ``setup`` column; scalar columns only, the curves stay out), so that anyone can recompute every verdict:
+    ``verdicts.verdict_table(rows, verdicts.claims_of(saved verdicts))``."""
+    frames = [frame.loc[:, [c for c in frame.columns if frame[c].map(np.isscalar).all()]].assign(setup=setup)
+              for setup, frame in rows_by_setup.items()]
+    path = Path(output_dir) / f"{notebook}{ROWS_SUFFIX}.csv"
+    _write_text(path, pd.concat(frames, ignore_index=True).to_csv(index=False))
+    return path
+
+
+def load_rows(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The rows :func:`save_rows` wrote, per setup."""
+    rows = pd.read_csv(path)
+    return {setup: frame.drop(columns="setup").dropna(axis=1, how="all").reset_index(drop=True)
+            for setup, frame in rows.groupby("setup", sort=False)}
 
 
 def _number(value: float) -> str:
@@ -94,7 +113,8 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
     results = Path(results_dir)
     verdict_files = sorted(results.glob(f"*{VERDICTS_SUFFIX}.csv"))
     sections: dict[str, list[str]] = {}
-    for path in sorted(set(results.glob("*.csv")) - set(verdict_files)) + sorted(results.glob("*.png")):
+    data_files = set(verdict_files) | set(results.glob(f"*{ROWS_SUFFIX}.csv"))
+    for path in sorted(set(results.glob("*.csv")) - data_files) + sorted(results.glob("*.png")):
         notebook = path.name.split("_", 1)[0]
         if path.suffix == ".csv":
             block = f"**{path.stem}**\n\n" + markdown_table(pd.read_csv(path, index_col=0))

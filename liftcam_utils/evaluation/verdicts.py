@@ -206,6 +206,18 @@ def _bootstrap_interval(sums: np.ndarray, counts: np.ndarray, tie: float, n_boot
     return float(low), float(high)
 
 
+def mean_interval(values: np.ndarray, units: np.ndarray | None = None, n_bootstrap: int = N_BOOTSTRAP,
+                  seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """BCa bootstrap interval of the mean of ``values`` (e.g. one method's per-image scores, for error bars),
+    resampling whole ``units`` (default: each value its own unit), as the verdicts' intervals do."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
+        raise ValueError(f"an interval needs a non-empty 1-d array of finite values, got shape {values.shape}")
+    sums, counts = _unit_sums(values, np.arange(values.size) if units is None else np.asarray(units))
+    tie = RELATIVE_TIE * max(1.0, np.abs(values).max())
+    return _bootstrap_interval(sums, counts, tie, n_bootstrap, seed, level)
+
+
 def _equivalence_p(contributions: np.ndarray, margin: float) -> float:
     """TOST p (Schuirmann's two one-sided t-tests, statsmodels) that the mean of ``contributions`` lies in
     ``(-margin, margin)``; each unit's contribution is scaled so that their mean is the mean over images."""
@@ -340,6 +352,20 @@ def claim_comparisons(rows: pd.DataFrame, claim: Claim, setup: str, alpha: float
     return pd.DataFrame(out, columns=list(LONG_COLUMNS))
 
 
+def claims_of(table: pd.DataFrame) -> dict[str, list[Claim]]:
+    """The claims behind a (saved) long table, per setup: with the per-image rows saved beside it
+    (:func:`liftcam_utils.evaluation.report.save_rows`), ``verdict_table(rows, claims_of(table))`` recomputes it."""
+    claims: dict[str, list[Claim]] = {}
+    for (setup, statement), pairs in table.groupby(["setup", "claim"], sort=False):
+        first = pairs.iloc[0]
+        paper_diff = None if pd.isna(first["paper diff"]) else float(first["paper diff"])
+        claims.setdefault(setup, []).append(Claim(
+            statement, first["source"], first["metric"], first["method"], tuple(pairs["versus"]),
+            bool(first["higher is better"]), paper_diff,
+            float(first["margin"]) if first["margin source"] == "given" else None, first["family"] == BEYOND))
+    return claims
+
+
 def _holm(p: pd.Series) -> np.ndarray:
     return multipletests(p.to_numpy(), method="holm")[1] if len(p) else np.array([])
 
@@ -422,13 +448,19 @@ def decide(long: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     return long
 
 
-def verdict_table(rows_by_setup: Mapping[str, pd.DataFrame], claims: Sequence[Claim], alpha: float = ALPHA,
-                  n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0
-                  ) -> pd.DataFrame:
-    """Every claim on every setup (e.g. ``{"photos": rows, "scenes": rows}``), tested and decided: the long
-    table (one row per claim and competitor; :func:`summary` shows one row per claim)."""
+def verdict_table(rows_by_setup: Mapping[str, pd.DataFrame], claims: Sequence[Claim] | Mapping[str, Sequence[Claim]],
+                  alpha: float = ALPHA, n_permutations: int = N_PERMUTATIONS, n_bootstrap: int = N_BOOTSTRAP,
+                  seed: int = 0) -> pd.DataFrame:
+    """Every claim on every setup (e.g. ``{"photos": rows, "scenes": rows}``; ``claims`` either one list for
+    every setup or a list per setup), tested and decided together: the long table (one row per claim and
+    competitor; :func:`summary` shows one row per claim)."""
+    if isinstance(claims, Mapping):
+        unknown = set(claims) - set(rows_by_setup)
+        if unknown:
+            raise ValueError(f"claims for setup(s) {sorted(unknown)} without rows; setups: {list(rows_by_setup)}")
+    per_setup = {setup: claims.get(setup, ()) if isinstance(claims, Mapping) else claims for setup in rows_by_setup}
     long = pd.concat([claim_comparisons(rows, claim, setup, alpha, n_permutations, n_bootstrap, seed)
-                      for setup, rows in rows_by_setup.items() for claim in claims], ignore_index=True)
+                      for setup, rows in rows_by_setup.items() for claim in per_setup[setup]], ignore_index=True)
     return decide(long, alpha)
 
 
