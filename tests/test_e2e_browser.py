@@ -119,11 +119,31 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def upload(page, name: str, content: bytes) -> None:
-    """Choose a file in the explorer's upload button's file dialog."""
+def choose_files(page, files) -> None:
+    """Choose ``files`` (what Playwright's ``FileChooser.set_files`` takes) in the explorer's upload button's file
+    dialog."""
     with page.expect_file_chooser(timeout=WAIT_MS) as chooser:
         page.locator(".liftcam-upload").click()
-    chooser.value.set_files(files=[{"name": name, "mimeType": "application/octet-stream", "buffer": content}])
+    chooser.value.set_files(files)
+
+
+def upload(page, name: str, content: bytes) -> None:
+    """Choose a file ``name`` holding ``content`` in the explorer's upload button's file dialog."""
+    choose_files(page, [{"name": name, "mimeType": "application/octet-stream", "buffer": content}])
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of ``size`` zero bytes that takes no room on disk nor in memory."""
+    with open(path, "wb") as file:
+        file.truncate(size)
+    return path
+
+
+def explorer_settings():
+    """The explorer's Voila settings (apps/jupyter/config/voila.py), as Voila loads them."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    return PyFileConfigLoader("voila.py", path=str(REPO / "apps" / "jupyter" / "config")).load_config()
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +259,43 @@ def test_explorer_asks_the_vqa_model_in_voila(browser, explorer):
         page.locator(".liftcam-model select").select_option("efficientnet_lite0")
         row.wait_for(state="hidden", timeout=WAIT_MS)
         page.locator(MAP).first.wait_for(timeout=WAIT_MS)
+    assert watched.problems == []
+
+
+def test_explorer_refuses_a_file_over_the_upload_limit_in_the_page(browser, explorer, tmp_path):
+    """A file over the upload limit of apps/jupyter/config/voila.py, and over the server's websocket limit (which
+    would close the kernel connection), is refused in the page with a message naming its size and the limit; the
+    app keeps running: a small image is then drawn. A file of exactly the limit still reaches the kernel."""
+    settings = explorer_settings()
+    limit = settings.VoilaConfiguration.resources["max_upload_bytes"]
+    websocket_limit = settings.Voila.tornado_settings["websocket_max_message_size"]
+    assert 4 * MAX_PIXELS < limit < websocket_limit, "the limit must hold an uncompressed 20-megapixel RGBA image"
+    assert limit % 2**20 == 0
+    too_large = limit + 2**20  # Playwright gives a file by its path; a sparse one takes no room
+    assert too_large > websocket_limit
+    watched = Watched(browser, height=1750)
+    page = watched.page
+    with watched.screenshot_on_failure("explorer_upload_limit.png"):
+        page.goto(explorer.url("/"), wait_until="commit", timeout=WAIT_MS)
+        page.locator(MAP).first.wait_for(timeout=WAIT_MS)
+        messages, refusal = page.locator(".liftcam-messages"), page.locator("#liftcam-upload-refused")
+
+        choose_files(page, sparse_file(tmp_path / "at_limit.tif", limit))  # sent whole: the kernel reads it
+        messages.get_by_text("'at_limit.tif' is not an image").wait_for(timeout=WAIT_MS)
+        assert refusal.count() == 0
+
+        choose_files(page, sparse_file(tmp_path / "photo.tif", too_large))
+        refusal.wait_for(timeout=WAIT_MS)
+        assert refusal.inner_text().startswith(f"'photo.tif' is {too_large / 2**20:.1f} MiB; the explorer takes "
+                                               f"files up to {limit // 2**20} MiB: downscale it first")
+        assert refusal.get_attribute("role") == "alert"
+        watched.screenshot("explorer_upload_limit.png")
+
+        gray = Image.fromarray(np.tile(np.linspace(0, 255, 320, dtype=np.uint8), (240, 1)))
+        before, after = change_and_wait_for_new_map(page, lambda: upload(page, "gray.png", png_bytes(gray)))
+        assert_changed(before, after)  # the kernel connection is still open
+        assert "upload: gray.png at _swish@1" in page.locator(".liftcam-explanation").inner_text()
+        assert refusal.count() == 0, "an accepted file takes the refusal away"
     assert watched.problems == []
 
 
