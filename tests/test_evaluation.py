@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -136,6 +137,57 @@ def test_pointing_without_a_box_of_the_target_is_undefined(tiny_model, records):
     pointing = result.rows.set_index("image")["pointing"]
     assert pointing[["img1", "img3"]].isna().all() and pointing.drop(["img1", "img3"]).notna().all()
     assert result.summary.loc["liftcam", "pointing"] == pytest.approx(pointing.dropna().mean())
+
+
+def _target_probabilities(model, records, output):
+    """Each record's target probability under ``output``, computed directly from the network's logits."""
+    x = torch.stack([model.preprocess(r.image()) for r in records])
+    with torch.no_grad():
+        logits = model.net(x)
+    probabilities = logits.sigmoid() if output == "sigmoid" else logits.softmax(1)
+    return probabilities[torch.arange(len(records)), torch.tensor([r.label for r in records])]
+
+
+def test_evaluate_scores_a_multi_label_model_by_the_sigmoid_of_the_targets_logit(shapes):
+    """shapes_vgg is trained with binary cross-entropy: Y is the sigmoid of the target's logit, and the
+    insertion curve with every pixel kept is Y again; read as single-label it would be the softmax."""
+    scenes = make_scenes(3, seed=5).records
+    assert shapes.output == "sigmoid"
+    rows = E.evaluate(shapes, scenes, ["gradcam"], metrics=("faithfulness", "insertion_deletion"),
+                      progress=False).rows
+    sigmoid = _target_probabilities(shapes, scenes, "sigmoid").numpy()
+    np.testing.assert_allclose(rows["Y"], sigmoid, rtol=1e-5)
+    np.testing.assert_allclose([curve[-1] for curve in rows["insertion_curve"]], sigmoid, rtol=1e-5)
+    softmax = _target_probabilities(shapes, scenes, "softmax").numpy()
+    as_single_label = E.evaluate(dataclasses.replace(shapes, output="softmax"), scenes, ["gradcam"],
+                                 progress=False).rows
+    np.testing.assert_allclose(as_single_label["Y"], softmax, rtol=1e-5)
+    assert not np.allclose(sigmoid, softmax, rtol=1e-2)
+
+
+def test_a_model_names_a_valid_output_function(tiny_model, records):
+    """Softmax unless said otherwise; anything but softmax or sigmoid is refused, naming the model and the valid
+    values, when the model is made and, set afterwards, when it is evaluated."""
+    assert tiny_model.output == "softmax" and dataclasses.replace(tiny_model, output="sigmoid").output == "sigmoid"
+    with pytest.raises(ValueError, match=r"model 'tiny': output must be one of \('softmax', 'sigmoid'\) "
+                                         r"\('softmax': a single-label classifier.*got 'logits'"):
+        dataclasses.replace(tiny_model, output="logits")
+    tiny_model.output = "probit"
+    with pytest.raises(ValueError, match=r"model 'tiny': output must be one of \('softmax', 'sigmoid'\).*'probit'"):
+        E.evaluate(tiny_model, records, ["gradcam"], progress=False)
+
+
+def test_a_dask_worker_scores_with_the_output_function_it_receives(tiny_model, records):
+    """What a Dask worker receives is the pickled model: its output function travels with it."""
+    sigmoid = dataclasses.replace(tiny_model, output="sigmoid")
+    received = pickle.loads(pickle.dumps(sigmoid))
+    assert received.output == "sigmoid"
+    specs = E.method_specs(["gradcam"])
+    remote = E._remote_shard(received, "cpu", "features.1", records[:2], specs, ("faithfulness",), "mean", None)
+    local = E._shard_rows(sigmoid, "features.1", records[:2], specs, ("faithfulness",), "mean", None)
+    pd.testing.assert_frame_equal(remote[specs[0]].drop(columns="seconds"), local[specs[0]].drop(columns="seconds"))
+    np.testing.assert_allclose(remote[specs[0]]["Y"], _target_probabilities(sigmoid, records[:2], "sigmoid"),
+                               rtol=1e-5)
 
 
 def test_rows_do_not_depend_on_shard_size(tiny_model, records):
@@ -308,9 +360,13 @@ def _half_then_float(model):
     model.net.half().float()
 
 
+def _sigmoid_output(model):
+    model.output = "sigmoid"  # the same network, read as multi-label: other confidences
+
+
 @pytest.mark.parametrize("change", [_relu_to_softplus, _average_to_max_pool, _wider_padding, _dilation,
                                     _other_preprocess, _assign_data, _copy_into_data, _write_through_numpy,
-                                    _half_then_float], ids=lambda change: change.__name__.strip("_"))
+                                    _half_then_float, _sigmoid_output], ids=lambda change: change.__name__.strip("_"))
 def test_a_changed_model_is_recomputed(tiny_model, records, tmp_path, computed, change):
     """Every change to what the model computes, including weight writes that PyTorch does not count, is a new key."""
     _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
@@ -318,6 +374,16 @@ def test_a_changed_model_is_recomputed(tiny_model, records, tmp_path, computed, 
     computed.clear()
     _cached_run(tiny_model, records[:1], ["gradcam"], tmp_path)
     assert computed == [(["img0"], ["gradcam"])] and len(list(tmp_path.iterdir())) == 2
+
+
+def test_the_output_function_is_part_of_the_cache_key(tiny_model):
+    """Same network, same weights, softmax or sigmoid: other Y, O, D, so another key."""
+    sigmoid = dataclasses.replace(tiny_model, output="sigmoid")
+    assert sigmoid.net is tiny_model.net
+    softmax_print, sigmoid_print = C.model_fingerprint(tiny_model, "features.1"), C.model_fingerprint(sigmoid,
+                                                                                                     "features.1")
+    assert {k for k in softmax_print if softmax_print[k] != sigmoid_print[k]} == {"output"}
+    assert C.cache_key({"model": softmax_print}) != C.cache_key({"model": sigmoid_print})
 
 
 @pytest.fixture
@@ -541,6 +607,8 @@ def test_dask_workers_compute_with_the_weights_of_this_process(two_workers):
         remote = E.evaluate(model, scenes, ["liftcam"], shard_size=1, dask_scheduler=two_workers, progress=False).rows
         pd.testing.assert_frame_equal(remote.drop(columns="seconds"), local.drop(columns="seconds"),
                                       check_exact=True, obj=f"rows after edit {edit}")
+        # the workers score with the model's output function too: shapes_vgg's sigmoid
+        np.testing.assert_allclose(remote["Y"], _target_probabilities(model, scenes, "sigmoid"), rtol=1e-5)
 
 
 # run in a child process: evaluate the tiny model on the records with a cache, each shard slowed down so that the

@@ -107,7 +107,11 @@ def test_insertion_curves_and_views(shapes, scenes):
     curves = explore.insertion_deletion(shapes, image, explanation)
     assert curves["insertion"].shape == curves["deletion"].shape == (len(DELTAS),)
     with torch.no_grad():
-        full = shapes.net(shapes.preprocess(image)[None]).softmax(1)[0, explanation.target].item()
+        logits = shapes.net(shapes.preprocess(image)[None])[0]
+    # shapes_vgg is multi-label: its curves and its top classes are the sigmoids of the logits, not the softmax
+    full = logits[explanation.target].sigmoid().item()
+    assert explanation.output == "sigmoid"
+    np.testing.assert_allclose([p for _, _, p in explanation.top], logits.sigmoid().topk(3).values, rtol=1e-5)
     assert curves["insertion"][-1] == pytest.approx(full, rel=1e-4)  # everything kept = the image itself
     assert curves["deletion"][0] == pytest.approx(full, rel=1e-4)  # nothing removed
     kept, removed = explore.blended_views(shapes, explanation, 0.5)

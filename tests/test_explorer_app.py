@@ -95,13 +95,14 @@ def test_faithfulness_by_its_definitions(shapes, scenes):
         curve = curves[name].astype(np.float64)
         by_hand = ((curve[1:] + curve[:-1]) / 2 * np.diff(deltas)).sum()
         assert numbers[f"{name}_auc"] == pytest.approx(by_hand, rel=1e-5)
-    # a map of ones keeps the whole image (O = Y) and deletes all of it (D = the softmax of the baseline image)
+    # a map of ones keeps the whole image (O = Y) and deletes all of it (D = the target's probability on the
+    # baseline image); shapes_vgg is multi-label, so the probability is the sigmoid of the target's logit
     everything = explore.Explanation(**{**explanation.__dict__, "saliency": np.ones_like(explanation.saliency)})
     whole = explore.faithfulness(shapes, image, everything, curves=curves)
     x = shapes.preprocess(image)[None]
     with torch.no_grad():
-        y_direct = shapes.net(x).softmax(1)[0, explanation.target].item()
-        d_direct = shapes.net(torch.zeros_like(x) + baseline_image(shapes.preprocess)).softmax(1)[0, explanation.target]
+        y_direct = shapes.net(x)[0, explanation.target].sigmoid().item()
+        d_direct = shapes.net(torch.zeros_like(x) + baseline_image(shapes.preprocess))[0, explanation.target].sigmoid()
     assert whole["Y"] == pytest.approx(y_direct, rel=1e-5) and whole["O"] == pytest.approx(y_direct, rel=1e-5)
     assert whole["IC"] == 0 and whole["AD"] == pytest.approx(0, abs=1e-3)
     assert whole["D"] == pytest.approx(d_direct.item(), rel=1e-4)
@@ -127,6 +128,7 @@ def test_app_shows_the_explanation_and_its_numbers(app, shapes, scenes):
     explanation = explore.explain(shapes, image, "liftcam")
     numbers = explore.faithfulness(shapes, image, explanation)
     assert text.startswith(f"{scenes[0].name} at {shapes.layer}, target {explanation.target_name}")
+    assert text.splitlines()[0].endswith("(sigmoid probabilities)")  # shapes_vgg is multi-label
     assert (f"IC {numbers['IC']:.0f}  AD {numbers['AD']:.1f}  ADD {numbers['ADD']:.1f}" in text
             and f"insertion AUC {numbers['insertion_auc']:.3f}  deletion AUC {numbers['deletion_auc']:.3f}" in text)
     assert sum(o["output_type"] == "display_data" for o in app.out.outputs) == 1

@@ -1,6 +1,7 @@
 """Metrics against values computed by hand on tiny inputs, and their edge cases."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -469,3 +470,101 @@ def test_energy_pointing_game_refuses_signed_maps_and_masks_that_are_not_binary(
     assert M.energy_pointing_game(s, box.bool()).item() == pytest.approx(0.5)  # a boolean mask is binary
     with pytest.raises(ValueError, match=r"saliency \(1, 2, 2\) and box mask \(1, 3, 3\) differ"):
         M.energy_pointing_game(s, torch.zeros(1, 3, 3))
+
+
+# The model's output function: the softmax of the target (single-label) or the sigmoid of its logit (multi-label)
+
+
+def _rivals(images):
+    """Three classes with logits [sum of pixels, 1, 2]: two other classes that a multi-label model finds present
+    too, so that the target 0's softmax ``exp(sum) / (exp(sum) + e + e^2)`` is far below its sigmoid."""
+    total = images.flatten(1).sum(1)
+    return torch.stack([total, torch.ones_like(total), torch.full_like(total, 2.0)], 1)
+
+
+def _quarter_rivals(images):
+    """:func:`_rivals` of the image divided by 4: logits [sum / 4, 1, 2]."""
+    return _rivals(images / 4)
+
+
+def _softmax_of(logits, c):
+    return math.exp(logits[c]) / sum(math.exp(v) for v in logits)
+
+
+def _class_0(total, output):
+    """Class 0's probability, by hand, for logits [total, 1, 2] under ``output``."""
+    return _sigmoid(total) if output == "sigmoid" else _softmax_of([total, 1.0, 2.0], 0)
+
+
+def test_target_probability_is_the_targets_softmax_or_the_sigmoid_of_its_logit():
+    images = torch.tensor([[[[2.0]]], [[[-1.0]]]])  # logits [2, 1, 2] and [-1, 1, 2]
+    target = torch.tensor([0, 2])
+    softmax = M.target_probability(_rivals, images, target, "softmax")
+    sigmoid = M.target_probability(_rivals, images, target, "sigmoid")
+    torch.testing.assert_close(softmax, torch.tensor([_softmax_of([2, 1, 2], 0), _softmax_of([-1, 1, 2], 2)]))
+    torch.testing.assert_close(sigmoid, torch.tensor([_sigmoid(2), _sigmoid(2)]))  # the target's logit alone
+    assert softmax[0] < 0.45 < 0.85 < sigmoid[0]
+
+
+def test_confidence_scores_and_ic_ad_add_follow_the_output_by_hand():
+    """Y, O, D on the image (pixel sum 2), on s o x (sum 1.5) and on (1 - s) o x (sum 0.5), then AD and ADD
+    (Eqs. 12-13), under each output function; the default is the softmax."""
+    x = torch.tensor([[[[1.0, 2.0], [0.0, -1.0]]]])
+    s = torch.tensor([[[0.5, 0.5], [0.0, 0.0]]])  # e: [0.5, 1, 0, 0]; e_inv: [0.5, 1, 0, -1]
+    target, baseline = torch.tensor([0]), torch.zeros(1, 1, 1)
+    terms = {}
+    for output in ("softmax", "sigmoid"):
+        scores = M.confidence_scores(_rivals, x, s, target, baseline, output=output)
+        y, o, d = (_class_0(total, output) for total in (2.0, 1.5, 0.5))
+        for name, value in (("Y", y), ("O", o), ("D", d)):
+            torch.testing.assert_close(scores[name], torch.tensor([value]), msg=f"{name} under {output}")
+        ad, add = M.average_drop(scores["Y"], scores["O"]), M.average_drop_in_deletion(scores["Y"], scores["D"])
+        torch.testing.assert_close(ad, torch.tensor([100 * (y - o) / y]))
+        torch.testing.assert_close(add, torch.tensor([100 * (y - d) / y]))
+        assert M.increase_in_confidence(scores["Y"], scores["O"]).item() == 0
+        terms[output] = (ad.item(), add.item())
+    assert terms["sigmoid"][0] < terms["softmax"][0] - 20  # AD: 7.2 % of the sigmoid lost, 27.3 % of the softmax
+    default = M.confidence_scores(_rivals, x, s, target, baseline)
+    assert all(torch.equal(default[name], M.confidence_scores(_rivals, x, s, target, baseline,
+                                                              output="softmax")[name]) for name in "YOD")
+
+
+def test_insertion_deletion_curves_follow_the_output_by_hand():
+    """1 x 2 image [2, 0] with map [1, 0], deltas {0, 0.5, 1}: insertion sums 0, 2, 2; deletion 2, 0, 0."""
+    x, s = torch.tensor([[[[2.0, 0.0]]]]), torch.tensor([[[1.0, 0.0]]])
+    deltas = torch.tensor([0.0, 0.5, 1.0])
+    for output in ("softmax", "sigmoid"):
+        curves = M.insertion_deletion_curves(_rivals, x, s, torch.tensor([0]), torch.zeros(1, 1, 1), deltas,
+                                             output=output)
+        torch.testing.assert_close(curves["insertion"], torch.tensor([[_class_0(v, output) for v in (0, 2, 2)]]))
+        torch.testing.assert_close(curves["deletion"], torch.tensor([[_class_0(v, output) for v in (2, 0, 0)]]))
+
+
+def test_road_curves_follow_the_output_by_hand():
+    """The image and map of :func:`test_road_morf_and_lerf_by_hand` (MoRF sums 12, 15, 9; LeRF 12, 8, 12 at
+    0, 20 and 40 % removed, no noise) under logits [sum / 4, 1, 2]."""
+    x = torch.tensor([[[[4.0, 0.0, 2.0, 0.0, 6.0]]]])
+    s = torch.tensor([[[0.1, 0.9, 0.5, 0.3, 0.7]]])
+    for output in ("softmax", "sigmoid"):
+        curves = M.road_curves(_quarter_rivals, x, s, torch.tensor([0]), fractions=[0.0, 0.2, 0.4], noise=0.0,
+                               output=output)
+        torch.testing.assert_close(curves["morf"], torch.tensor([[_class_0(v / 4, output) for v in (12, 15, 9)]]))
+        torch.testing.assert_close(curves["lerf"], torch.tensor([[_class_0(v / 4, output) for v in (12, 8, 12)]]))
+
+
+@pytest.mark.parametrize("output", ["logits", "Sigmoid", None])
+def test_an_unknown_output_is_refused_naming_the_valid_ones(output):
+    x, s = torch.rand(1, 1, 3, 3), torch.rand(1, 3, 3)
+    target, baseline = torch.tensor([0]), torch.zeros(1, 1, 1)
+    refused = rf"output must be one of \('softmax', 'sigmoid'\) .*got {re.escape(repr(output))}"
+    calls = {
+        "target_probability": lambda: M.target_probability(_rivals, x, target, output),
+        "confidence_scores": lambda: M.confidence_scores(_rivals, x, s, target, baseline, output=output),
+        "insertion_deletion_curves": lambda: M.insertion_deletion_curves(_rivals, x, s, target, baseline,
+                                                                         output=output),
+        "road_curves": lambda: M.road_curves(_rivals, x, s, target, fractions=[0.5], noise=0.0, output=output),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=refused):
+            call()
+            pytest.fail(name)

@@ -87,6 +87,7 @@ def random_vqa_model():
 def test_fixed_model_and_its_errors(random_vqa_model):
     fixed = random_vqa_model.fixed("what color is the star?")
     assert fixed.question == "what color is the star?" and fixed.categories == list(ANSWERS)
+    assert random_vqa_model.output == fixed.output == "softmax"  # one answer: the answers share a softmax
     x = torch.randn(2, 3, 64, 64)
     tokens = random_vqa_model.questions[0].encode("what color is the star?", 10)[None].expand(2, -1)
     torch.testing.assert_close(fixed.net(x), random_vqa_model.net(x, tokens), rtol=0, atol=1e-6)

@@ -34,6 +34,7 @@ def test_caffe_checkpoint_gives_the_same_network(tmp_path, name, classes):
     with torch.no_grad():
         torch.testing.assert_close(loaded.net(x), reference.net(x))
     assert len(loaded.categories) == classes and loaded.layer == "features.29"
+    assert loaded.output == reference.output == "sigmoid"  # multi-label: one independent sigmoid per class
     assert all(m.ceil_mode for m in loaded.net.modules() if isinstance(m, torch.nn.MaxPool2d))
 
 

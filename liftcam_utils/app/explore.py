@@ -28,6 +28,7 @@ from ..engine.cam_input import prepare
 from ..engine.cam_map import cam_map
 from ..engine.channel_game import ChannelGame
 from ..engine.head_ops import is_affine_head
+from ..engine.outputs import class_probabilities
 from ..engine.split import CamSplit, eval_mode
 from ..evaluation import metrics as M
 from ..methods import METHODS, coefficients
@@ -49,7 +50,9 @@ class Explanation:
     """One method on one image. ``saliency`` (H, W) in [0, 1], ``alpha`` the map weights: (N,) for a
     coefficient rule, (N, h, w) for a per-pixel one (HiResCAM, Layer-CAM), ``top`` = the three
     most probable classes as ``(index, name, probability)``, ``image`` the (H, W, 3) crop it explains;
-    ``question`` the question of a VQA model (its classes are then the answers), None for an image-only one."""
+    ``question`` the question of a VQA model (its classes are then the answers), None for an image-only one;
+    ``output`` the model's output function (``"softmax"`` or ``"sigmoid"``, ``LoadedModel.output``): the
+    probabilities of ``top`` and the scores of :func:`faithfulness` and :func:`insertion_deletion` are under it."""
 
     method: str
     layer: str
@@ -60,6 +63,7 @@ class Explanation:
     top: list[tuple[int, str, float]]
     image: np.ndarray = field(repr=False)
     question: str | None = None
+    output: str = "softmax"
 
     def describe(self) -> str:
         """One line per top class, e.g. ``'tabby  0.612'``; the target is marked."""
@@ -73,8 +77,9 @@ class Explanation:
 def explain(model, image, method: str, layer: str | None = None, target: int | None = None,
             **options) -> Explanation:
     """``method`` on the PIL ``image`` at ``layer`` (default: the model's), for ``target`` (default:
-    the predicted class). The body runs once; its maps give both ``alpha`` and the class scores.
-    A VQA model needs its question fixed first (:func:`explain_question`)."""
+    the predicted class). The body runs once; its maps give both ``alpha`` and the class scores, the
+    probabilities under the model's output function (``model.output``: softmax across classes, or each
+    class's sigmoid for a multi-label model). A VQA model needs its question fixed first (:func:`explain_question`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if model.questions is not None and model.question is None:
@@ -86,7 +91,7 @@ def explain(model, image, method: str, layer: str | None = None, target: int | N
         inputs = prepare(split, x, target)
         alpha = METHODS[method](inputs, **options)
         with torch.no_grad():
-            probabilities = split.head(inputs.maps).softmax(1)[0].cpu()
+            probabilities = class_probabilities(split.head(inputs.maps), model.output)[0].cpu()
     saliency = cam_map(alpha, inputs.maps, tuple(x.shape[-2:]))[0]
     values, indices = probabilities.topk(min(3, probabilities.numel()))
     names = model.categories
@@ -95,7 +100,7 @@ def explain(model, image, method: str, layer: str | None = None, target: int | N
         method=method, layer=split.layer, saliency=saliency.cpu().numpy(), alpha=alpha[0].cpu().numpy(),
         target=chosen, target_name=names[chosen],
         top=[(int(i), names[int(i)], float(v)) for v, i in zip(values, indices, strict=True)],
-        image=display_image(model.preprocess, image), question=model.question,
+        image=display_image(model.preprocess, image), question=model.question, output=model.output,
     )
 
 
@@ -141,7 +146,8 @@ def explain_question(model, image, question: str, method: str, layer: str | None
                      **options) -> Explanation:
     """``method`` on the PIL ``image`` for the VQA ``model`` asked ``question`` (checked by
     :func:`answering_model`), for the answer ``target`` (default: the model's answer). The explanation's
-    classes are the answers and its ``top`` the three most probable, with their softmax probabilities."""
+    classes are the answers and its ``top`` the three most probable, with their probabilities (the softmax
+    over the answers of a VQA model)."""
     return explain(answering_model(model, question), image, method, layer, target, **options)
 
 
@@ -312,36 +318,39 @@ def keep_mask(saliency, delta: float) -> np.ndarray:
 
 
 def _metric_inputs(model, image, explanation: Explanation, absent: str):
-    """``(net, x, saliency, target, baseline)`` of one explained image, batched, as the metrics take them; for a
-    VQA explanation ``net`` is the model with the explanation's question fixed."""
-    net = _answering(model, explanation.question).net
+    """``(scored, (x, saliency, target, baseline))`` of one explained image: the model whose ``net`` and
+    ``output`` the metrics score (for a VQA explanation, the model with the explanation's question fixed) and
+    the batched inputs, as the metrics take them."""
+    scored = _answering(model, explanation.question)
     x = model.preprocess(image)[None].to(model.device)
     saliency = torch.as_tensor(explanation.saliency, device=x.device)[None]
     target = torch.tensor([explanation.target], device=x.device)
-    return net, x, saliency, target, M.baseline_image(model.preprocess, absent).to(x.device)
+    return scored, (x, saliency, target, M.baseline_image(model.preprocess, absent).to(x.device))
 
 
 def insertion_deletion(model, image, explanation: Explanation, absent: str = "mean") -> dict[str, np.ndarray]:
     """Table 4's insertion and deletion curves of ``explanation`` on the PIL ``image``: (K,) arrays
-    over ``metrics.DELTAS``, the softmax of the explanation's target (for a VQA explanation, with its question)."""
-    net, *inputs = _metric_inputs(model, image, explanation, absent)
-    with eval_mode(net):
-        curves = M.insertion_deletion_curves(net, *inputs)
+    over ``metrics.DELTAS``, the explanation target's probability under the model's output function
+    (``model.output``: softmax or sigmoid; for a VQA explanation, with its question)."""
+    scored, inputs = _metric_inputs(model, image, explanation, absent)
+    with eval_mode(scored.net):
+        curves = M.insertion_deletion_curves(scored.net, *inputs, output=scored.output)
     return {name: curve[0].cpu().numpy() for name, curve in curves.items()}
 
 
 def faithfulness(model, image, explanation: Explanation, absent: str = "mean",
                  curves: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
     """One image's faithfulness numbers for ``explanation`` on the PIL ``image``, as the evaluation computes them:
-    ``Y``, ``O``, ``D`` (the target's softmax on the image, on ``s o x`` and on ``(1 - s) o x``, Eq. 10), the
-    per-image terms of IC, AD and ADD (Eqs. 11-13) and the insertion and deletion AUCs (Table 4).
+    ``Y``, ``O``, ``D`` (the target's probability under the model's output function ``model.output``, its
+    softmax or its sigmoid, on the image, on ``s o x`` and on ``(1 - s) o x``, Eq. 10), the per-image terms of
+    IC, AD and ADD (Eqs. 11-13) and the insertion and deletion AUCs (Table 4).
 
     ``curves``: the image's :func:`insertion_deletion` curves, computed here when None. For a VQA explanation
     every score is the answer's softmax with the explanation's question.
     """
-    net, *inputs = _metric_inputs(model, image, explanation, absent)
-    with eval_mode(net):
-        scores = M.confidence_scores(net, *inputs)
+    scored, inputs = _metric_inputs(model, image, explanation, absent)
+    with eval_mode(scored.net):
+        scores = M.confidence_scores(scored.net, *inputs, output=scored.output)
     if curves is None:
         curves = insertion_deletion(model, image, explanation, absent)
     numbers = {name: float(value[0]) for name, value in scores.items()}

@@ -104,7 +104,8 @@ def _show_explanation(out: W.Output, result: explore.Explanation, image_name: st
     axes = figure.subplots(1, panels, gridspec_kw={"width_ratios": [1, 1.6, 1.3][:panels]})
     _overlay(axes[0], result.image, result.saliency, f"{result.method} -> {result.target_name}")
     _alpha_bars(axes[1], result.alpha)
-    text = f"{image_name} at {result.layer}, target {result.target_name}\n" + result.describe()
+    text = (f"{image_name} at {result.layer}, target {result.target_name} ({result.output} probabilities)\n"
+            + result.describe())
     if result.question is not None:
         _, answer, probability = result.top[0]
         text += f"\nquestion: {result.question!r} -> the model answers {answer} ({probability:.3f})"
@@ -113,7 +114,7 @@ def _show_explanation(out: W.Output, result: explore.Explanation, image_name: st
         for name, colour in (("insertion", "tab:green"), ("deletion", "tab:red")):
             axes[2].plot(deltas, curves[name], color=colour, label=name)
         axes[2].set_xlabel("delta (fraction of pixels)")
-        axes[2].set_ylabel(f"softmax of {result.target_name}")
+        axes[2].set_ylabel(f"{result.output} of {result.target_name}")
         axes[2].legend(fontsize=8)
         axes[2].set_title("insertion / deletion (Table 4)", fontsize=9)
     if faithfulness is not None:
@@ -239,7 +240,7 @@ def insertion_slider(model, image, method: str = "liftcam", layer: str | None = 
             axes[2].plot([at["delta"]], [at[name]], "o", color=colour)
         axes[2].axvline(at["delta"], color="grey", linewidth=0.8)
         axes[2].set_xlabel("delta (fraction of pixels)")
-        axes[2].set_ylabel(f"softmax of {explanation.target_name}")
+        axes[2].set_ylabel(f"{explanation.output} of {explanation.target_name}")
         axes[2].legend(fontsize=8)
         _show(out, figure, f"{method}, delta = {at['delta']:.3f}: insertion {at['insertion']:.3f}, "
                            f"deletion {at['deletion']:.3f}")

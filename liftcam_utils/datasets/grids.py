@@ -12,18 +12,29 @@ import random
 import torch
 from PIL import Image, ImageOps
 
+from ..engine.outputs import class_probabilities
 from .records import Box, ImageRecord
 
 
 def confident_records(model, records: list[ImageRecord], min_confidence: float = 0.5,
                       batch_size: int = 16) -> list[ImageRecord]:
-    """Records whose top-1 prediction is one of their labels with softmax >= ``min_confidence``."""
+    """Records whose top-1 prediction is one of their labels with probability >= ``min_confidence``, each
+    relabelled with that class alone.
+
+    The top-1 class is the largest logit. Its probability is under the model's output function
+    (``model.output``): its softmax across the classes for a single-label model, the sigmoid of its own logit
+    for a multi-label one (``"sigmoid"``). A multi-label model's classes do not compete: on a photo with two
+    classes present it is sure of both (two sigmoids near 1), while their softmaxes share one (at most 1/2
+    each), so the softmax would drop photos the model is sure of, and its threshold would mean something else
+    for every number of classes present. The sigmoid asks what the grid needs: is the model sure that the
+    quadrant's class is there? (The largest logit is the largest probability under either function, so the
+    top-1 class does not depend on it.)"""
     kept = []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         x = torch.stack([model.preprocess(r.image()) for r in chunk]).to(model.device)
         with torch.no_grad():
-            confidence, predicted = model.net(x).softmax(1).max(1)
+            confidence, predicted = class_probabilities(model.net(x), model.output).max(1)
         for record, p, c in zip(chunk, predicted.tolist(), confidence.tolist(), strict=True):
             if p in record.labels and c >= min_confidence:
                 kept.append(ImageRecord(name=record.name, labels=(p,), path=record.path,

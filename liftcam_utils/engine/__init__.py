@@ -7,5 +7,6 @@ Below the methods lie the head's mathematics: the rule table of head operations 
 DeepLIFT-Rescale and LRP-epsilon backward passes (:mod:`.propagation`), the factoring ``F = R o M o P`` that
 makes channel coalitions cheap (:mod:`.head_factoring`), the channel game ``v(a') = F^c(h_A(a'))`` of
 Secs. 3.2-3.3 (:mod:`.channel_game`), and SHAP-CAM's quadratic control variate (:mod:`.quadratic_control`).
+Beside them, a classifier's output function (:mod:`.outputs`: softmax or sigmoid of the logits).
 The engine imports nothing else of the package.
 """

@@ -3,14 +3,14 @@
 ``evaluate`` splits the image selection into shards. For each shard the body runs once and its
 maps ``A`` are shared by all methods. With a ``cache_dir`` each (shard, method) result is stored
 as one JSON file, named by a hash of everything that determines it (:mod:`.cache`: the network's
-structure and the bytes of its weights, the preprocessing, the layer, the shard's images, the
-method's label, name and options, the metrics, the baseline, the reference method and the code
-version). Files are written atomically, so a rerun reads them and an interrupted run resumes; a
+structure and the bytes of its weights, its output function, the preprocessing, the layer, the
+shard's images, the method's label, name and options, the metrics, the baseline, the reference
+method and the code version). Files are written atomically, so a rerun reads them and an interrupted run resumes; a
 damaged file is recomputed, with a warning naming it, and rewritten. Shards run in this process
 by default, or on a Dask cluster (``dask_scheduler="local"`` starts one on this machine; an
 address such as ``"tcp://10.0.0.5:8786"`` uses an existing one). The model is sent to the
-workers as it is in this process, weights included, so they compute exactly what this process
-would.
+workers as it is in this process, weights and output function included, so they compute exactly what
+this process would.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..datasets.records import ImageRecord, select
 from ..engine.cam_input import prepare
 from ..engine.cam_map import cam_map
+from ..engine.outputs import check_output
 from ..engine.split import eval_mode
 from ..json_values import VALID_TYPES, json_value
 from ..methods import METHODS
@@ -175,19 +176,19 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
             columns = {"image": [r.name for r in records], "target": target.tolist(),
                        "method": spec.label, "seconds": seconds}
             if "faithfulness" in metrics:
-                scores = M.confidence_scores(model.net, x, saliency, target, baseline)
+                scores = M.confidence_scores(model.net, x, saliency, target, baseline, output=model.output)
                 columns.update({key: value.tolist() for key, value in scores.items()})
                 columns["IC"] = M.increase_in_confidence(scores["Y"], scores["O"]).tolist()
                 columns["AD"] = M.average_drop(scores["Y"], scores["O"]).tolist()
                 columns["ADD"] = M.average_drop_in_deletion(scores["Y"], scores["D"]).tolist()
             if "insertion_deletion" in metrics:
-                curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline)
+                curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline, output=model.output)
                 columns["insertion_auc"] = M.auc(curves["insertion"]).tolist()
                 columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
                 columns["insertion_curve"] = curves["insertion"].tolist()  # at metrics.DELTAS, for plots
                 columns["deletion_curve"] = curves["deletion"].tolist()
             if "road" in metrics:
-                curves = M.road_curves(model.net, x, saliency, target, noise=road_noise)
+                curves = M.road_curves(model.net, x, saliency, target, noise=road_noise, output=model.output)
                 columns["road_morf"] = M.road_score(curves["morf"]).tolist()
                 columns["road_lerf"] = M.road_score(curves["lerf"]).tolist()
                 columns["road_morf_curve"] = curves["morf"].tolist()  # at metrics.ROAD_FRACTIONS, for plots
@@ -220,7 +221,9 @@ def _on_device(model: LoadedModel, device: str) -> LoadedModel:
 
 
 def _remote_shard(model, device, layer, records, specs, metrics, absent, reference):
-    """On a Dask worker: :func:`_shard_rows` with the model this process sent, on ``device``."""
+    """On a Dask worker: :func:`_shard_rows` with the model this process sent, on ``device``. The model
+    travels whole (a :class:`LoadedModel`, its ``output`` included), so the worker scores the same
+    probabilities as this process."""
     return _shard_rows(_on_device(model, device), layer, records, specs, metrics, absent, reference)
 
 
@@ -268,7 +271,7 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
 
     ``metrics``: any of ``"faithfulness"`` (IC, AD, ADD; Eqs. 11-13), ``"insertion_deletion"``
     (AUCs, Table 4, and each row's two curves at ``metrics.DELTAS`` as lists), ``"road"`` (ROAD,
-    Rong et al. 2022: the means ``road_morf`` / ``road_lerf`` of the target's softmax after the
+    Rong et al. 2022: the means ``road_morf`` / ``road_lerf`` of the target's probability after the
     10 %, ..., 90 % most / least relevant pixels are removed by noisy linear imputation with the
     authors' noise, 0.01 on raw pixels, and the two curves at ``metrics.ROAD_FRACTIONS``; it
     ignores ``absent``; see :func:`liftcam_utils.evaluation.metrics.road_curves`), ``"pointing"``
@@ -277,6 +280,9 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
     similarity to the ``reference`` method's alpha, e.g.
     ``("shapcam", {"n_permutations": 10000})`` as in Table 2). ``absent`` is the value of a
     removed pixel (see :mod:`liftcam_utils.evaluation.metrics`). The target of each image is its first label.
+    The confidences (``Y``, ``O``, ``D``, the curves) are the target's probability under the model's output
+    function, ``model.output``: its softmax for a single-label model, the sigmoid of its logit for a
+    multi-label one (:func:`liftcam_utils.evaluation.metrics.target_probability`).
     ``device``: where Dask workers compute (default: the model's device); in this process the model's own
     device is used.
 
@@ -307,6 +313,7 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
                          "{'n_permutations': 10000}), and a reference is only used by 'cosine'")
     if absent not in M.ABSENT_CHOICES:
         raise ValueError(f"absent must be one of {M.ABSENT_CHOICES}, got {absent!r}")
+    check_output(model.output, f"model {model.name!r}: ")  # one set after loading was not checked: before any work
     specs = method_specs(methods)
     reference_spec = method_specs({"reference": reference})[0] if reference else None
     records = select(dataset, n_images, seed)

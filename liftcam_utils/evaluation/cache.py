@@ -6,7 +6,8 @@ under that name can only hold them:
 
 * the model (:func:`model_fingerprint`): its name, the structure of its network (every module's
   type and settings, and the code of its traced forward pass), the bytes of every tensor the
-  network holds, the preprocessing, the VQA vocabulary and any fixed question, and the layer;
+  network holds, the preprocessing, the output function (softmax or sigmoid: what the confidences are),
+  the VQA vocabulary and any fixed question, and the layer;
 * the shard's images (:func:`record_digest`: each record's name, pixels, labels, boxes, question);
 * the method's row label, name and options (JSON values only, compared exactly), the metrics, the
   baseline, the reference method and the version of this package's code (:func:`code_version`).
@@ -118,7 +119,7 @@ def model_fingerprint(model: LoadedModel, layer: str) -> dict:
     refuse_hooks(model.net)
     vocabulary = None if model.questions is None else [model.questions[0].words, model.questions[1]]
     return {"model": model.name, "structure": network_structure(model.net), "weights": weights_digest(model.net),
-            "preprocess": preprocess_description(model.preprocess), "questions": vocabulary,
+            "preprocess": preprocess_description(model.preprocess), "output": model.output, "questions": vocabulary,
             "question": model.question, "layer": layer}
 
 

@@ -6,6 +6,17 @@ whether ``x`` is the raw or the normalised image. Here every metric blends towar
 the model's normalised space (the dataset's mean colour, the usual choice); ``"black"`` is the
 raw black image, i.e. ``s * x`` on raw pixels. Tables must say which one was used.
 
+Which number is the model's confidence? The paper's ``Y``, ``O`` and ``D`` (Eqs. 10-13) and its insertion /
+deletion curves are the target class's probability. Every metric that scores the model takes the model's
+output function, ``output`` (``LoadedModel.output``; :mod:`liftcam_utils.engine.outputs`): ``"softmax"``, the
+target's softmax across classes, for a single-label classifier (the paper's ImageNet models; a VQA model,
+whose classes are the answers), or ``"sigmoid"``, the sigmoid of the target's own logit, for a multi-label one
+trained with binary cross-entropy (``shapes_vgg``, ``vgg16_voc``, ``vgg16_coco``). The softmax of a multi-label
+model is not its confidence: beside another class that is present too, a class the model is sure of gets a
+small softmax, and AD / ADD divide by it. ``output`` defaults to ``"softmax"`` in the functions below;
+:func:`~liftcam_utils.evaluation.batch.evaluate` and the explorer pass the model's own. :func:`target_probability`
+is that score.
+
 ROAD (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML
 2022) has no baseline: its removed pixels are filled in from the kept ones by noisy linear
 imputation (:func:`noisy_linear_imputation`), so that the shape of the removed region tells the
@@ -24,6 +35,8 @@ import numpy as np
 import torch
 from scipy import sparse
 from scipy.sparse.linalg import splu
+
+from ..engine.outputs import check_output, class_probabilities
 
 DELTAS = torch.linspace(0, 1, 41)  # delta in [0 : 0.025 : 1]
 ABSENT_CHOICES = ("mean", "black")
@@ -87,21 +100,30 @@ def blend(x: torch.Tensor, keep: torch.Tensor, baseline: torch.Tensor) -> torch.
     return keep * x + (1 - keep) * baseline.to(x)
 
 
-def _target_softmax(net, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def target_probability(net, images: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
+    """(B,) the model's probability of each image's ``target`` class under its output function ``output``
+    (one of :data:`~liftcam_utils.engine.outputs.OUTPUTS`): ``softmax(net(images))[target]`` across the
+    classes for ``"softmax"``, ``sigmoid(net(images)[target])`` of the target's logit alone for ``"sigmoid"``.
+    ``ValueError`` listing the valid values for any other ``output``."""
+    check_output(output)
     with torch.no_grad():
-        return net(images).softmax(1).gather(1, target[:, None])[:, 0]
+        return class_probabilities(net(images), output).gather(1, target[:, None])[:, 0]
 
 
-def confidence_scores(net, x, saliency, target, baseline) -> dict[str, torch.Tensor]:
-    """Per image: ``Y`` (softmax of ``x``), ``O`` (of ``e = s o x``, Eq. 10) and ``D`` (of
-    ``e_inv = (1 - s) o x``, Sec. 4.1) for the target class. NaN where the model gives NaN; ``ValueError``
-    for a saliency map that is not finite or not one (H, W) map per image."""
+def confidence_scores(net, x, saliency, target, baseline, *, output: str = "softmax") -> dict[str, torch.Tensor]:
+    """Per image, the target's probability (:func:`target_probability` under ``output``, the model's
+    output function): ``Y`` on the image ``x``, ``O`` on the explanation map's image ``e = s o x`` (Eq. 10)
+    and ``D`` on its complement ``e_inv = (1 - s) o x`` (Sec. 4.1), the absent pixels at ``baseline``. They
+    make the terms of IC (Eq. 11), AD (Eq. 12) and ADD (Eq. 13). NaN where the model gives NaN;
+    ``ValueError`` for a saliency map that is not finite or not one (H, W) map per image, or an unknown
+    ``output``."""
+    check_output(output)
     _check_one_map_per_image(x, saliency, "saliency")
     _check_saliency(saliency)
     return {
-        "Y": _target_softmax(net, x, target),
-        "O": _target_softmax(net, blend(x, saliency, baseline), target),
-        "D": _target_softmax(net, blend(x, 1 - saliency, baseline), target),
+        "Y": target_probability(net, x, target, output),
+        "O": target_probability(net, blend(x, saliency, baseline), target, output),
+        "D": target_probability(net, blend(x, 1 - saliency, baseline), target, output),
     }
 
 
@@ -111,19 +133,22 @@ def _ratio(numerator: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def increase_in_confidence(y: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """Per-image term of IC (Eq. 11): ``100 * 1[Y < O]``. Average over images for the metric.
+    """Per-image term of IC (Eq. 11): ``100 * 1[Y < O]``, ``Y`` and ``O`` of :func:`confidence_scores`
+    (Eq. 10). Average over images for the metric.
     NaN where ``Y`` or ``O`` is NaN or infinite (never 0, which would read as a valid comparison)."""
     return _nan_where_not_finite((y < o).to(torch.float32) * 100, y, o)
 
 
 def average_drop(y: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """Per-image term of AD (Eq. 12): ``100 * max(0, Y - O) / Y`` (0 where Y = 0).
+    """Per-image term of AD (Eq. 12): ``100 * max(0, Y - O) / Y`` (0 where Y = 0), ``Y`` and ``O`` of
+    :func:`confidence_scores` (Eq. 10): the relative confidence lost by keeping only the map's pixels.
     NaN where ``Y`` or ``O`` is NaN or infinite (never 0, the best score)."""
     return _nan_where_not_finite(_ratio((y - o).clamp_min(0), y) * 100, y, o)
 
 
 def average_drop_in_deletion(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Per-image term of ADD (Eq. 13): ``100 * (Y - D) / Y`` (0 where Y = 0).
+    """Per-image term of ADD (Eq. 13): ``100 * (Y - D) / Y`` (0 where Y = 0), ``Y`` and ``D`` of
+    :func:`confidence_scores`: the relative confidence lost by removing the map's pixels.
     NaN where ``Y`` or ``D`` is NaN or infinite."""
     return _nan_where_not_finite(_ratio(y - d, y) * 100, y, d)
 
@@ -192,24 +217,26 @@ def trapezoid(values: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     return ((values[..., 1:] + values[..., :-1]) / 2 * widths).sum(-1)
 
 
-def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.Tensor = DELTAS, seed: int = 0
-                              ) -> dict[str, torch.Tensor]:
-    """Softmax of the target when the top ``100 delta %`` pixels are kept (insertion, the rest at
-    the baseline) or removed (deletion), for each delta (Table 4). Returns (B, K) curves.
+def insertion_deletion_curves(net, x, saliency, target, baseline, deltas: torch.Tensor = DELTAS, seed: int = 0,
+                              *, output: str = "softmax") -> dict[str, torch.Tensor]:
+    """The target's probability (:func:`target_probability` under ``output``, the model's output function)
+    when the top ``100 delta %`` pixels are kept (insertion, the rest at the baseline) or removed (deletion),
+    for each delta (Table 4). Returns (B, K) curves.
 
     Pixels of equal saliency are ranked in a random order drawn from ``seed``
     (:func:`top_fraction_mask`), the same at every delta: the curves are deterministic for a seed,
     and a flat region of the map is inserted or deleted in no particular spatial order.
 
     An image's curves are NaN where the model gives NaN (and so is its :func:`auc`); a saliency map that
-    is not finite, or not one (H, W) map per image, is refused (``ValueError``)."""
+    is not finite, or not one (H, W) map per image, or an unknown ``output``, is refused (``ValueError``)."""
+    check_output(output)
     _check_one_map_per_image(x, saliency, "saliency")
     ranking = _relevance_ranking(saliency, seed)  # once: every delta takes a prefix of it
     insertion, deletion = [], []
     for delta in deltas.tolist():
         keep = _top_of(saliency, ranking, delta)
-        insertion.append(_target_softmax(net, blend(x, keep, baseline), target))
-        deletion.append(_target_softmax(net, blend(x, 1 - keep, baseline), target))
+        insertion.append(target_probability(net, blend(x, keep, baseline), target, output))
+        deletion.append(target_probability(net, blend(x, 1 - keep, baseline), target, output))
     return {"insertion": torch.stack(insertion, 1), "deletion": torch.stack(deletion, 1)}
 
 
@@ -312,23 +339,25 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float
 
 
 def road_curves(net, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor,
-                fractions=ROAD_FRACTIONS, noise: float | torch.Tensor = ROAD_NOISE, seed: int = 0
-                ) -> dict[str, torch.Tensor]:
-    """ROAD, RemOve And Debias (Rong et al., ICML 2022), without retraining: the softmax of the
-    target after the ``100 p %`` most relevant pixels of the map (MoRF, ``"morf"``) or the
-    ``100 p %`` least relevant ones (LeRF, ``"lerf"``) are removed by :func:`noisy_linear_imputation`
-    (``noise``, ``seed``), for each ``p`` of ``fractions``. Returns (B, K) curves.
+                fractions=ROAD_FRACTIONS, noise: float | torch.Tensor = ROAD_NOISE, seed: int = 0,
+                *, output: str = "softmax") -> dict[str, torch.Tensor]:
+    """ROAD, RemOve And Debias (Rong et al., ICML 2022), without retraining: the target's probability
+    (:func:`target_probability` under ``output``, the model's output function) after the ``100 p %`` most
+    relevant pixels of the map (MoRF, ``"morf"``) or the ``100 p %`` least relevant ones (LeRF, ``"lerf"``)
+    are removed by :func:`noisy_linear_imputation` (``noise``, ``seed``), for each ``p`` of ``fractions``.
+    Returns (B, K) curves.
 
     The paper plots the accuracy over a test set against the fraction removed; per image, the
-    target's softmax takes its place (the authors' code also reports the mean softmax of the class
+    target's probability takes its place (the authors' code also reports the mean softmax of the class
     predicted on the original image). A faithful map makes the MoRF curve fall fast and the LeRF
     curve stay high. Pixels of equal saliency are ranked as in :func:`top_fraction_mask` (seeded,
     the same at every fraction; the LeRF pixels are the end of the same ranking,
     :func:`bottom_fraction_mask`).
 
     An image's curves are NaN where the model gives NaN; a saliency map that is not finite, or not one
-    (H, W) map per image, is refused (``ValueError``).
+    (H, W) map per image, or an unknown ``output``, is refused (``ValueError``).
     """
+    check_output(output)
     _check_one_map_per_image(x, saliency, "saliency")
     fractions = [float(p) for p in fractions]
     if not fractions:
@@ -339,8 +368,8 @@ def road_curves(net, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tens
     morf, lerf = [], []
     for fraction in fractions:
         most, least = _top_of(saliency, ranking, fraction), _bottom_of(saliency, ranking, fraction)
-        morf.append(_target_softmax(net, noisy_linear_imputation(x, most, noise, seed), target))
-        lerf.append(_target_softmax(net, noisy_linear_imputation(x, least, noise, seed), target))
+        morf.append(target_probability(net, noisy_linear_imputation(x, most, noise, seed), target, output))
+        lerf.append(target_probability(net, noisy_linear_imputation(x, least, noise, seed), target, output))
     return {"morf": torch.stack(morf, 1), "lerf": torch.stack(lerf, 1)}
 
 

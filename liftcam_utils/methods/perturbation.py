@@ -23,6 +23,9 @@ def scorecam(inputs: CamInput, batch_size: int | None = None, *, baseline: bool 
     mask is 0, so ``x o H_k = x_b`` and its gain is 0 by definition. ``baseline`` must be a bool
     (``TypeError`` otherwise: a string such as ``"no"`` would read as True).
 
+    The confidence is the target's softmax, as Score-CAM's paper defines it, for every model: a multi-label
+    model's own output function (``LoadedModel.output``, its sigmoid) is used by the metrics, not here.
+
     On every non-constant map the two differ by the same ``beta = softmax(f(x_b))_c > 0`` per image,
     so their maps before the ReLU of Eq. 1 differ by ``beta * sum_k A_k`` (over the non-constant
     maps). After the ReLU and min-max they agree when that sum is constant over the map and neither
@@ -62,7 +65,8 @@ def ablationcam(inputs: CamInput, batch_size: int = 256) -> torch.Tensor:
     """Ablation-CAM (Desai & Ramaswamy 2020; the paper's Eq. 9).
 
     ``alpha_k = (F^c(A) - F^c(A without k)) / F^c(A)``: N head evaluations per image, batched; the
-    body is never rerun.
+    body is never rerun. ``F^c`` is the target's logit, as Eq. 9 defines it, whatever the model's output
+    function (``LoadedModel.output``, softmax or sigmoid, which the metrics use).
     """
     alpha = torch.empty(inputs.maps.shape[:2], device=inputs.maps.device, dtype=inputs.maps.dtype)
     n = inputs.num_maps

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..datasets.questions import Vocabulary
 from ..datasets.records import ImageRecord
+from ..engine.outputs import check_output
 from ..engine.split import CamSplit, split_model
 from .fixed_inputs import fix_inputs
 
@@ -19,7 +20,14 @@ from .fixed_inputs import fix_inputs
 class LoadedModel:
     """A classifier ready for CAM: ``net`` in eval mode, its default ``layer``, the ``preprocess``
     transform (PIL image -> normalised (3, H, W) tensor), the class names, and the ``weights``
-    it was loaded with (so that ``load_model(name, weights)`` rebuilds it elsewhere)."""
+    it was loaded with (so that ``load_model(name, weights)`` rebuilds it elsewhere).
+
+    ``output``: the output function the network's logits were trained for, one of
+    :data:`~liftcam_utils.engine.outputs.OUTPUTS`: ``"softmax"`` for a single-label classifier (classes
+    compete: ImageNet, a VQA model's answers), ``"sigmoid"`` for a multi-label one trained with binary
+    cross-entropy (each class independent: ``shapes_vgg``, ``vgg16_voc``, ``vgg16_coco``). The metrics
+    that score the model's confidence in its target use it (:mod:`liftcam_utils.evaluation.metrics`).
+    Any other value is refused (``ValueError``)."""
 
     name: str
     net: nn.Module
@@ -30,6 +38,10 @@ class LoadedModel:
     # VQA models: (question vocabulary, padded question length); ``question``: the fixed question
     questions: tuple[Vocabulary, int] | None = None
     question: str | None = None
+    output: str = "softmax"
+
+    def __post_init__(self) -> None:
+        check_output(self.output, f"model {self.name!r}: ")
 
     @property
     def device(self) -> torch.device:
@@ -37,7 +49,8 @@ class LoadedModel:
 
     def fixed(self, question: str) -> LoadedModel:
         """This VQA model with ``question`` fixed (paper Sec. 4.4): a model of the image alone whose
-        classes are the answers, ready for every method, metric and the batch runner."""
+        classes are the answers, ready for every method, metric and the batch runner. It keeps the
+        model's ``output``."""
         if self.questions is None:
             raise ValueError(f"model {self.name!r} takes no question")
         if self.question is not None:

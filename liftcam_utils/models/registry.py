@@ -22,6 +22,12 @@
 
 ``weights`` is ``"default"`` (the published or committed weights), a path to a state dict, or ``None``
 (random initialisation, for tests and timing). Every file is read with ``weights_only=True``.
+
+Each model names its output function (``LoadedModel.output``, :data:`MULTI_LABEL`): ``"sigmoid"`` for the
+multi-label classifiers, whose classes are independent (``shapes_vgg``, trained with binary cross-entropy on its
+logits; ``vgg16_voc`` / ``vgg16_coco``, trained for multi-label VOC / COCO classification, one sigmoid per class),
+``"softmax"`` for the single-label ones (the ImageNet classifiers; the VQA models, trained with cross-entropy
+over the answers).
 """
 
 from __future__ import annotations
@@ -169,6 +175,8 @@ _MODELS = {
     "shapes_vqa": _shapes_vqa_entry,
 }
 MODEL_NAMES = (*_MODELS, "basic_vqa")
+# the multi-label models: one independent sigmoid per class; every other model's classes share one softmax
+MULTI_LABEL = ("shapes_vgg", "vgg16_voc", "vgg16_coco")
 
 
 def load_model(name: str, weights: str | os.PathLike | None = "default",
@@ -186,4 +194,5 @@ def load_model(name: str, weights: str | os.PathLike | None = "default",
     net = build(weights).to(default_device(device)).eval()
     return LoadedModel(name=name, net=net, layer=layer, preprocess=preprocess, categories=categories,
                        weights=None if weights is None else str(weights),
-                       questions=questions[0] if questions else None)
+                       questions=questions[0] if questions else None,
+                       output="sigmoid" if name in MULTI_LABEL else "softmax")
