@@ -202,3 +202,11 @@ def test_the_command_line_refuses_a_bad_value_or_a_parameter_it_would_ignore(tmp
     err = capsys.readouterr().err
     assert "parameter 'n_permutations': the value \"b'x'\" is of type bytes" in err and "-p applies to" in err
     assert not out.exists() and not (tmp_path / "quick").exists()
+
+
+def test_report_leaves_out_a_verdict_file_of_an_older_procedure(tmp_path):
+    pd.DataFrame({"setup": ["photos"], "claim": ["a lowers AD"], "verdict": ["holds"]}).to_csv(
+        tmp_path / "04_faithfulness_verdicts.csv", index=False)
+    with pytest.warns(UserWarning, match="written by an older version"):
+        text = report.build_report(tmp_path).read_text()
+    assert "## Verdicts" not in text

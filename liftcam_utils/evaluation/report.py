@@ -8,6 +8,7 @@ and the verdicts on the paper's claims (:mod:`liftcam_utils.evaluation.verdicts`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +125,17 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
     names = notebooks if notebooks is not None else [p.stem for p in results.glob("[0-9][0-9]_*.ipynb")]
     headings = {name.split("_", 1)[0]: name for name in names}
     text = [f"# {title}", ""]
-    if verdict_files:
-        long = pd.concat([pd.read_csv(path, keep_default_na=True).assign(
-            notebook=path.name[: -len(f"{VERDICTS_SUFFIX}.csv")]) for path in verdict_files], ignore_index=True)
+    tables = {path: pd.read_csv(path) for path in verdict_files}
+    for path, table in list(tables.items()):
+        missing = set(verdicts.LONG_COLUMNS) - set(table.columns)
+        if missing:
+            warnings.warn(f"{path.name} lacks the columns {sorted(missing)} of the current verdict procedure (it was "
+                          "written by an older version): left out of the report until its notebook runs again",
+                          stacklevel=2)
+            del tables[path]
+    if tables:
+        long = pd.concat([table.assign(notebook=path.name[: -len(f"{VERDICTS_SUFFIX}.csv")])
+                          for path, table in tables.items()], ignore_index=True)
         decided = verdicts.decide(long)
         text += ["## Verdicts: the paper's claims tested on our data", "",
                  "Each claim compares two methods on the same images (`liftcam_utils.evaluation.verdicts`, explained "
