@@ -31,6 +31,9 @@ value, or not one map per image, is refused (``ValueError``): the maps of
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from scipy import sparse
@@ -45,6 +48,7 @@ ROAD_NOISE = 0.01  # std of ROAD's imputation noise on raw pixels in [0, 1], the
 # ROAD's imputation weights: (row offset, column offset, weight) of the 8 neighbours of a pixel
 ROAD_NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
                    (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
+_DISSECTION_LEAF = 16  # boxes of at most this many pixels end the nested dissection of ROAD's grid
 
 
 def normalisation_of(preprocess) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,38 +263,148 @@ def imputation_noise(preprocess, raw_std: float = ROAD_NOISE) -> torch.Tensor:
     return raw_std / normalisation_of(preprocess)[1][:, None, None]
 
 
+@functools.lru_cache(maxsize=4)
+def _unit_noise(channels: int, height: int, width: int, seed: int) -> np.ndarray:
+    """The (C, H, W) standard normal float64 field drawn from ``seed`` that ROAD's noise is scaled from
+    (read-only): kept for the next calls with the same shape and seed, as ``road_curves`` asks for it at
+    every fraction."""
+    field = torch.randn(channels, height, width, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64).numpy()
+    field.flags.writeable = False
+    return field
+
+
+def _dissection_order(height: int, width: int) -> np.ndarray:
+    """(H * W,) the pixels (row-major indices) of an H x W grid in nested-dissection order: a box is cut
+    along its longer side by its middle line of pixels, the two halves come first (each dissected the same
+    way), the line last; boxes of at most ``_DISSECTION_LEAF`` pixels are taken row by row. With 8
+    neighbours one line of pixels separates the halves, so eliminating the unknowns in this order only
+    couples pixels of one box and its border: the sparse factor of ROAD's system keeps about ``n log n``
+    entries for n unknowns instead of filling up band after band. The removed pixels of any mask, taken
+    in this order, are dissected by the same lines."""
+    pixels = np.arange(height * width).reshape(height, width)
+    order = []
+
+    def dissect(top: int, bottom: int, left: int, right: int) -> None:
+        rows, columns = bottom - top, right - left
+        if rows <= 0 or columns <= 0:
+            return
+        if rows * columns <= _DISSECTION_LEAF:
+            order.append(pixels[top:bottom, left:right].ravel())
+        elif rows >= columns:
+            middle = (top + bottom) // 2
+            dissect(top, middle, left, right)
+            dissect(middle + 1, bottom, left, right)
+            order.append(pixels[middle, left:right])
+        else:
+            middle = (left + right) // 2
+            dissect(top, bottom, left, middle)
+            dissect(top, bottom, middle + 1, right)
+            order.append(pixels[top:bottom, middle])
+
+    dissect(0, height, 0, width)
+    return np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def _road_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ROAD's system takes from the H x W grid, whatever the mask: the pixels in nested-dissection
+    order (:func:`_dissection_order`), and for every pixel its row of the system if all pixels were unknowns,
+    as 9 (pixel, coefficient) pairs: the pixel itself with the sum of the weights of its neighbours inside
+    the image, each of those neighbours with minus its weight (:data:`ROAD_NEIGHBOURS`), and ``H * W`` (no
+    pixel) with 0 for a neighbour outside the image; the 9 sorted by their place in the dissection order."""
+    n_pixels = height * width
+    order = _dissection_order(height, width)
+    rank = np.empty(n_pixels + 1, dtype=np.int64)
+    rank[order] = np.arange(n_pixels)
+    rank[n_pixels] = n_pixels  # "no pixel" sorts last
+    rows, columns = np.divmod(np.arange(n_pixels), width)
+    neighbour_rows = rows[:, None] + np.array([row for row, _, _ in ROAD_NEIGHBOURS])
+    neighbour_columns = columns[:, None] + np.array([column for _, column, _ in ROAD_NEIGHBOURS])
+    inside = (neighbour_rows >= 0) & (neighbour_rows < height) & (neighbour_columns >= 0) & (neighbour_columns < width)
+    weights = np.where(inside, np.array([weight for _, _, weight in ROAD_NEIGHBOURS]), 0.0)
+    stencil = np.concatenate([np.arange(n_pixels)[:, None],
+                              np.where(inside, neighbour_rows * width + neighbour_columns, n_pixels)], 1)
+    coefficients = np.concatenate([weights.sum(1, keepdims=True), -weights], 1)
+    by_rank = np.argsort(rank[stencil], axis=1, kind="stable")
+    stencil = np.take_along_axis(stencil, by_rank, 1).astype(np.int32 if n_pixels < 2**31 - 1 else np.int64)
+    coefficients = np.take_along_axis(coefficients, by_rank, 1)
+    for table in (order, stencil, coefficients):
+        table.flags.writeable = False
+    return order, stencil, coefficients
+
+
+def _row_starts(entries: np.ndarray) -> np.ndarray:
+    """The ``indptr`` of a compressed sparse matrix whose row i holds the true entries of row i of ``entries``."""
+    starts = np.zeros(len(entries) + 1, dtype=np.int32 if entries.size < 2**31 - 1 else np.int64)
+    np.cumsum(entries.sum(1), out=starts[1:])
+    return starts
+
+
+class _RoadSystem:
+    """ROAD's linear system (Rong et al., ICML 2022) for one (H, W) mask of removed pixels, factorised once
+    and solved for any number of images (channels) that share the mask.
+
+    Only the n removed pixels are unknowns. For removed pixel i with neighbours N(i) inside the image,
+
+        (sum_{j in N(i)} w_ij) x_i - sum_{j in N(i), removed} w_ij x_j = sum_{j in N(i), kept} w_ij x_j,
+
+    with ``w_ij`` of :data:`ROAD_NEIGHBOURS`: the kept pixels are known and move to the right-hand side,
+    which is one sparse (n, H * W) matrix of the mask times the images, all channels in one product. The
+    (n, n) matrix on the left is a weighted graph Laplacian with the kept pixels as boundary: symmetric,
+    and positive definite whenever one pixel is kept (every connected group of removed pixels then
+    touches a kept one). Both are gathered with NumPy from the mask-independent tables of
+    :func:`_road_grid` (no loop over pixels), the unknowns numbered in nested-dissection order, and the
+    matrix is factorised by SuperLU (``scipy.sparse.linalg.splu``) in that order, in symmetric mode with
+    pivots on the diagonal (safe for a positive-definite matrix): an exact sparse LU, the same solution as
+    any other exact solver up to rounding. On the large removed regions that dominate ROAD's cost (70 to
+    90 % of a 224 x 224 image) it takes 2 to 5 times fewer operations than with a general-purpose column
+    ordering (COLAMD, the default of ``splu`` and ``spsolve``). With no pixel kept there is nothing to
+    interpolate from (the system is singular): every removed value is 0.
+    """
+
+    def __init__(self, removed: np.ndarray):
+        height, width = removed.shape
+        n_pixels = height * width
+        flat = np.asarray(removed, dtype=bool).ravel()
+        self.removed = np.flatnonzero(flat)  # row-major
+        self.lu = None
+        if len(self.removed) in (0, n_pixels):
+            return
+        grid_order, stencil, coefficients = _road_grid(height, width)
+        order = grid_order[flat[grid_order]]  # the removed pixels in dissection order: the unknowns
+        n_removed = len(order)
+        unknown = np.full(n_pixels + 1, -1, dtype=stencil.dtype)  # -1: kept, or no pixel
+        unknown[order] = np.arange(n_removed)
+        self.position = unknown[self.removed]  # the unknown of each removed pixel, row-major
+        pixels, coefficients = stencil[order], coefficients[order]  # (n, 9) rows of the full system
+        variables = unknown[pixels]
+        coupled = variables >= 0  # the pixel itself and its removed neighbours, in increasing unknown order
+        # symmetric: row i of the system is also its column i, as SuperLU takes it (CSC)
+        system = sparse.csc_matrix((coefficients[coupled], variables[coupled], _row_starts(coupled)),
+                                   shape=(n_removed, n_removed))
+        known = ~coupled & (pixels < n_pixels)  # kept neighbours: the right-hand side, w_ij x_j
+        self.kept = sparse.csr_matrix((-coefficients[known], pixels[known], _row_starts(known)),
+                                      shape=(n_removed, n_pixels))
+        self.lu = splu(system, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+
+    def solve(self, images: np.ndarray) -> np.ndarray:
+        """(K, n) values of the removed pixels (row-major) for ``images`` (K, H * W), float64: one row per
+        image channel, all solved in one call."""
+        if self.lu is None:
+            return np.zeros((len(images), len(self.removed)))
+        solution = self.lu.solve(np.asarray(self.kept @ images.T, order="F"))
+        return solution[self.position].T
+
+
 def _interpolated_values(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """(C, n) values of the n removed pixels of ``image`` (C, H, W), in row-major order, that solve
-    ROAD's linear system exactly (sparse LU); zeros when no pixel is kept (nothing to interpolate)."""
-    height, width = removed.shape
-    rows, columns = np.nonzero(removed)
-    n_removed = len(rows)
-    if n_removed == removed.size:
-        return np.zeros((image.shape[0], n_removed))
-    unknown = np.full(removed.shape, -1)
-    unknown[rows, columns] = np.arange(n_removed)
-    diagonal = np.zeros(n_removed)  # sum of the weights of each removed pixel's neighbours in the image
-    right_hand_side = np.zeros((n_removed, image.shape[0]))  # weighted sum of its kept neighbours
-    couplings = []  # (equation, unknown, -weight) for neighbours that are removed too
-    for row_offset, column_offset, weight in ROAD_NEIGHBOURS:
-        neighbour_rows, neighbour_columns = rows + row_offset, columns + column_offset
-        inside = np.flatnonzero((neighbour_rows >= 0) & (neighbour_rows < height)
-                                & (neighbour_columns >= 0) & (neighbour_columns < width))
-        neighbour_rows, neighbour_columns = neighbour_rows[inside], neighbour_columns[inside]
-        diagonal[inside] += weight
-        neighbour = unknown[neighbour_rows, neighbour_columns]
-        also_removed = neighbour >= 0
-        couplings.append((inside[also_removed], neighbour[also_removed], np.full(also_removed.sum(), -weight)))
-        kept = ~also_removed
-        right_hand_side[inside[kept]] += weight * image[:, neighbour_rows[kept], neighbour_columns[kept]].T
-    equations, unknowns, weights = (np.concatenate(parts) for parts in zip(*couplings, strict=True))
-    system = (sparse.csc_matrix((weights, (equations, unknowns)), shape=(n_removed, n_removed))
-              + sparse.diags(diagonal, format="csc"))
-    return splu(system, permc_spec="COLAMD").solve(right_hand_side).T
+    ROAD's linear system exactly (:class:`_RoadSystem`); zeros when no pixel is kept (nothing to interpolate)."""
+    return _RoadSystem(removed).solve(image.reshape(image.shape[0], -1).astype(np.float64))
 
 
 def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float | torch.Tensor = ROAD_NOISE,
-                            seed: int = 0) -> torch.Tensor:
+                            seed: int = 0, workers: int | None = None) -> torch.Tensor:
     """ROAD's noisy linear imputation (Rong et al., ICML 2022): ``x`` (B, C, H, W) with the pixels
     where ``removed`` (B, H, W; bool or 0 / 1) is true replaced, channel by channel, by
 
@@ -302,6 +416,12 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float
     (inside the image the weights sum to 1, the paper's equation; at the border the weights of the
     neighbours that exist are renormalised, as in the authors' code). Its matrix is a weighted graph
     Laplacian with the kept pixels as boundary, so it is non-singular whenever one pixel is kept.
+    How it is solved (:class:`_RoadSystem`): only the removed pixels are unknowns, the kept ones make
+    the right-hand side; the matrix is assembled with vectorised NumPy, its unknowns numbered in
+    nested-dissection order, and factorised once per distinct mask of the batch by a sparse LU
+    (SuperLU); the channels of every image with that mask are solved in one call. The values are those
+    of any exact solver of the same system (pytorch-grad-cam's ``NoisyLinearImputer``, the authors'
+    code) up to rounding.
     With no pixel kept there is nothing to interpolate from: the removed pixels become 0, the
     dataset's mean colour in the model's normalised space (``baseline_image(..., "mean")``).
 
@@ -310,31 +430,59 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float
     :func:`imputation_noise` gives the authors' 0.01 on raw pixels. The noise is one (C, H, W) field
     drawn from ``seed``, the same for every image and every mask: the result is deterministic for a
     seed and does not depend on the batch.
+
+    ``workers``: how many of the batch's distinct masks are factorised at the same time, in threads (SuperLU
+    runs outside Python's lock); default ``torch.get_num_threads()``, the parallelism torch itself uses in
+    this process. The result does not depend on it.
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     if x.dim() != 4:
         raise ValueError(f"x must be a (B, C, H, W) batch of images, got shape {tuple(x.shape)}")
     batch, channels, height, width = x.shape
     if tuple(removed.shape) != (batch, height, width):
         raise ValueError(f"mask {tuple(removed.shape)} does not match the images {tuple(x.shape)}: "
                          f"expected {(batch, height, width)}")
-    if removed.dtype != torch.bool:
-        if not ((removed == 0) | (removed == 1)).all():
+    mask = removed.detach().cpu()
+    mask = (mask if mask.dtype == torch.bool else mask.double()).numpy()
+    if mask.dtype != np.bool_:
+        if not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must be boolean or 0 / 1 (1: removed)")
-        removed = removed != 0
+        mask = mask != 0
     std = torch.as_tensor(noise, dtype=torch.float64).cpu()
     if std.dim() != 0 and tuple(std.shape) != (channels, 1, 1):
         raise ValueError(f"noise must be a number or a ({channels}, 1, 1) tensor, got shape {tuple(std.shape)}")
     if not (std >= 0).all():
         raise ValueError(f"noise must be >= 0, got {noise}")
-    field = torch.randn(channels, height, width, generator=torch.Generator().manual_seed(seed),
-                        dtype=torch.float64) * std
-    removed = removed.cpu()
-    imputed = x.detach().clone()
-    for index in range(batch):
-        where = removed[index]
-        if where.any():
-            values = _interpolated_values(x[index].detach().cpu().double().numpy(), where.numpy())
-            imputed[index][:, where.to(x.device)] = (torch.from_numpy(values) + field[:, where]).to(x)
+    # NumPy from here to the end, with one factorisation per distinct mask: images with the same mask
+    # (and all their channels) are solved together
+    field = (_unit_noise(channels, height, width, seed) * std.detach().numpy()).reshape(channels, height * width)
+    mask = mask.reshape(batch, height * width)
+    source = x.detach().cpu()
+    as_numpy = source.dtype in (torch.float16, torch.float32, torch.float64)  # cast by NumPy, not torch
+    imputed = (source.numpy().astype(np.float64) if as_numpy else source.double().numpy().copy()
+               ).reshape(batch, channels, height * width)
+    sharing = {}
+    for index in np.flatnonzero(mask.any(1)):
+        sharing.setdefault(np.packbits(mask[index]).tobytes(), []).append(index)
+
+    def impute(indices: list[int]) -> None:  # writes only the rows of its own images
+        where = np.flatnonzero(mask[indices[0]])
+        values = _RoadSystem(mask[indices[0]].reshape(height, width)).solve(
+            imputed[indices].reshape(len(indices) * channels, height * width))
+        for index, image_values in zip(indices, values.reshape(len(indices), channels, -1), strict=True):
+            imputed[index][:, where] = image_values + field[:, where]
+
+    workers = min(len(sharing), torch.get_num_threads() if workers is None else workers)
+    if workers > 1:  # SuperLU factorises outside Python's lock: distinct masks side by side
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(impute, sharing.values()))
+    else:
+        for indices in sharing.values():
+            impute(indices)
+    imputed = imputed.reshape(x.shape)
+    imputed = (torch.from_numpy(imputed.astype(source.numpy().dtype)) if as_numpy
+               else torch.from_numpy(imputed).to(x.dtype)).to(x.device)
     return imputed
 
 
