@@ -59,7 +59,11 @@ def test_the_mean_decides_and_a_disagreeing_majority_is_reported():
                V.Claim("a raises ADD", "Table 3", "ADD", "a", ("b",)))
     assert row["diff"] == pytest.approx(-2.15) and row["verdict"] == V.CONTRADICTED
     assert (row["better"], row["worse"]) == (34, 6)
-    assert "mean and majority disagree: 34 of 40" in row["note"] and "the mean favours b" in row["note"]
+    assert row["note"] == "mean and majority disagree: the mean favours b, but 34 of 40 non-zero units favour a"
+    # the other way round: the mean favours a, most units favour b
+    row = _one(_rows({"a": [-1.0] * 34 + [20.0] * 6, "b": [0.0] * 40}, "ADD"),
+               V.Claim("a raises ADD", "Table 3", "ADD", "a", ("b",)))
+    assert row["note"] == "mean and majority disagree: the mean favours a, but 34 of 40 non-zero units favour b"
 
 
 def test_a_gain_below_the_margin_is_negligible_not_a_win():

@@ -407,9 +407,12 @@ def _note(row: pd.Series) -> str:
     if row["better"] == row["worse"] or row["diff"] == 0:
         return ""
     improvement = row["diff"] if row["higher is better"] else -row["diff"]
-    if (improvement > 0) != (row["better"] > row["worse"]):
-        return (f"mean and majority disagree: {row['better']} of {row['non-zero']} non-zero units favour "
-                f"{row['method']}, the mean favours {row['method'] if improvement > 0 else row['versus']}")
+    if improvement > 0 and row["worse"] > row["better"]:
+        return (f"mean and majority disagree: the mean favours {row['method']}, but {row['worse']} of "
+                f"{row['non-zero']} non-zero units favour {row['versus']}")
+    if improvement < 0 and row["better"] > row["worse"]:
+        return (f"mean and majority disagree: the mean favours {row['versus']}, but {row['better']} of "
+                f"{row['non-zero']} non-zero units favour {row['method']}")
     return ""
 
 
