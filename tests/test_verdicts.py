@@ -78,10 +78,25 @@ def test_a_gain_below_the_margin_is_negligible_not_a_win():
 def test_a_gain_beyond_the_margin_holds_and_the_paper_gap_sets_the_margin():
     rng = np.random.default_rng(1)
     base = rng.normal(30, 5, 60)
-    claim = V.Claim("a lowers AD", "Table 3", "AD", "a", ("b",), higher_is_better=False, paper_diff=-2.74)
+    claim = V.Claim("a lowers AD", "Table 3", "AD", "a", ("b",), higher_is_better=False, paper_diff=-1.2)
     row = _one(_rows({"a": base - 3 + rng.normal(0, 1, 60), "b": base}), claim)
-    assert row["margin"] == pytest.approx(1.37) and row["paper diff"] == -2.74
+    assert row["margin"] == pytest.approx(0.6) and row["margin source"] == "half the paper's gap"
+    assert row["paper diff"] == -1.2
     assert row["verdict"] == V.HOLDS and row["CI high"] < 0 and row["power at paper's effect"] > 0.99
+
+
+def test_a_real_effect_smaller_than_the_papers_is_not_negligible():
+    # the paper's gap is 0.48 (margin 0.24 if it were half of it); ours is +0.16, far above noise and above the
+    # practical 0.01 of a cosine: it holds, with the practical margin, and is not called negligible
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.3, 0.8, 100)
+    claim = V.Claim("a closer than b", "Table 2", "cosine", "a", ("b",), paper_diff=0.48)
+    row = _one(_rows({"a": base + 0.16 + rng.normal(0, 0.02, 100), "b": base}, "cosine"), claim)
+    assert row["margin"] == V.PRACTICAL_MARGINS["cosine"] and row["margin source"] == "practical"
+    assert row["verdict"] == V.HOLDS
+    # and a gain below the practical margin is negligible whatever the paper's gap
+    row = _one(_rows({"a": base + 0.001 + rng.normal(0, 0.0005, 100), "b": base}, "cosine"), claim)
+    assert row["verdict"] == V.NEGLIGIBLE
 
 
 def test_float_noise_and_zeros_are_ties():

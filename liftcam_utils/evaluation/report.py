@@ -64,6 +64,9 @@ def load_rows(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
             for setup, frame in rows.groupby("setup", sort=False)}
 
 
+MARGIN_SOURCES = {"half the paper's gap": "paper / 2"}  # short names for the report's margin column
+
+
 def _number(value: float) -> str:
     return "" if pd.isna(value) else f"{value:+.3g}"
 
@@ -85,7 +88,9 @@ def verdict_markdown(table: pd.DataFrame) -> str:
                            for a, b, v in zip(rows["ours"], rows["theirs"], rows["versus"], strict=True)],
         "difference [95 % CI]": [f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for d, lo, hi in
                                  zip(rows["diff"], rows["CI low"], rows["CI high"], strict=True)],
-        "paper": [_number(v) for v in rows["paper diff"]], "margin": [f"{m:.3g}" for m in rows["margin"]],
+        "paper": [_number(v) for v in rows["paper diff"]],
+        "margin": [f"{m:.3g} ({MARGIN_SOURCES.get(s, s)})" for m, s in
+                   zip(rows["margin"], rows["margin source"], strict=True)],
         "units (non-zero)": [f"{u} ({k})" for u, k in zip(rows["units"], rows["non-zero"], strict=True)],
         "better": [f"{b}/{k}" for b, k in zip(rows["better"], rows["non-zero"], strict=True)],
         "Holm p": [f"{v:.2g}{t}" for v, t in zip(p, test, strict=True)], "verdict": rows["verdict"].to_numpy(),

@@ -17,9 +17,10 @@ Table 3) on one setup:
    normal approximation for 0/1 metrics such as IC, and ties and zeros need no special rule.
 4. **The interval** is a seeded BCa bootstrap 95 % interval of the mean difference with units
    resampled (``scipy.stats.bootstrap``).
-5. **The margin** is the smallest improvement that counts: half the paper's own gap for the same
-   comparison (on ImageNet) where the paper reports one, else :data:`PRACTICAL_MARGINS`. An
-   equivalence test (TOST, ``statsmodels``) asks whether the improvement lies within it.
+5. **The margin** is the smallest improvement that counts: the metric's practical difference
+   (:data:`PRACTICAL_MARGINS`), or half the paper's own gap for the same comparison (on ImageNet)
+   where the paper reports one and that is smaller. An equivalence test (TOST, ``statsmodels``)
+   asks whether the improvement lies within it.
 6. **Multiplicity.** Holm's step-down adjustment (``statsmodels.stats.multitest.multipletests``)
    over the distinct comparisons of a family, the paper's claims and the claims beyond the paper
    separately, for each of the three tests.
@@ -89,8 +90,10 @@ class Claim:
     ``statement`` says it in words ("LIFT-CAM lowers AD vs Grad-CAM"), ``source`` where the paper makes it
     ("Table 3"); ``higher_is_better`` gives the metric's direction (False for AD and deletion AUC).
     ``paper_diff`` is the paper's own difference ``method - closest competitor`` on ImageNet, in the rows'
-    units (:func:`liftcam_utils.evaluation.paper.gap`); the margin is half of it unless ``margin`` is given,
-    and :data:`PRACTICAL_MARGINS` of the metric when neither is. ``beyond_paper`` puts the claim in the
+    units (:func:`liftcam_utils.evaluation.paper.gap`). The margin is ``margin`` where given, else the
+    smaller of the metric's :data:`PRACTICAL_MARGINS` and half the paper's gap: an effect too small to
+    matter is *negligible* however large the paper's was, and a real effect above the practical
+    difference is never called negligible because the paper's was larger. ``beyond_paper`` puts the claim in the
     family of claims the paper does not make.
     """
 
@@ -128,9 +131,10 @@ class Claim:
         """The smallest improvement that counts and where it comes from."""
         if self.margin is not None:
             return float(self.margin), "given"
-        if self.paper_diff is not None:
+        practical = PRACTICAL_MARGINS.get(self.metric)
+        if self.paper_diff is not None and (practical is None or abs(self.paper_diff) / 2 < practical):
             return abs(self.paper_diff) / 2, "half the paper's gap"
-        return PRACTICAL_MARGINS[self.metric], "practical"
+        return practical, "practical"
 
 
 @dataclass(frozen=True)
@@ -471,8 +475,9 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per claim (its deciding competitor): the numbers a reader needs, indexed by (setup, claim)."""
     shown = table[table["deciding"]]
     columns = ["source", "family", "metric", "method", "versus", "ours", "theirs", "diff", "CI low", "CI high",
-               "paper diff", "margin", "units", "non-zero", "better", "worse", "median diff", "adj p better",
-               "adj p worse", "adj p equivalent", "power at paper's effect", "verdict", "same evidence as", "note"]
+               "paper diff", "margin", "margin source", "units", "non-zero", "better", "worse", "median diff",
+               "adj p better", "adj p worse", "adj p equivalent", "power at paper's effect", "verdict",
+               "same evidence as", "note"]
     return shown.set_index(["setup", "claim"])[columns]
 
 
