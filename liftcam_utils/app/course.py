@@ -187,12 +187,13 @@ def find_submissions(folder: Path) -> list[Submission]:
 
 
 def _hints(test_file) -> str:
-    """The messages of the failed test cases of one exercise (the exception's text), one per line."""
+    """The messages of the failed test cases of one exercise (the exception's text), each once, one per line."""
     hints = []
     for result in test_file.test_case_results:
         if not result.passed:
-            last = result.message.strip().splitlines()[-1]
-            hints.append(re.sub(r"^\w+: ", "", last))
+            hint = re.sub(r"^\w+: ", "", result.message.strip().splitlines()[-1])
+            if hint not in hints:
+                hints.append(hint)
     return "\n".join(hints)
 
 
@@ -243,6 +244,7 @@ def score_table(feedback: pd.DataFrame, editions: dict[str, Edition]) -> pd.Data
     columns = {exercise: f"{exercise} ({'manual' if possible == MANUAL else f'{possible:g}'})"
                for edition in editions.values() for exercise, possible in edition.exercises.items()}
     table = feedback.pivot(index="student", columns="exercise", values="points")[list(columns)].rename(columns=columns)
+    table.columns.name = None
     table["total"] = feedback.groupby("student")["points"].sum()
     table["possible"] = sum(p for e in editions.values() for p in e.exercises.values() if p != MANUAL)
     return table
