@@ -118,7 +118,7 @@ def check_gradcam_alpha(gradcam_alpha, split: CamSplit, x: torch.Tensor, target:
     answer = _as_tensor(_call(gradcam_alpha, "gradcam_alpha", split, x, target), "gradcam_alpha")
     expected = coefficients("gradcam", split, x, target).double()
     maps, logits = _activations_and_logits(split, x)
-    batch, n_maps, height, width = maps.shape
+    batch, _, height, width = maps.shape
     rows = torch.arange(batch)
     _require(answer.shape != maps.shape,
              f"your result has the maps' shape {tuple(maps.shape)}: Grad-CAM keeps one number per map, the gradient "
@@ -164,8 +164,17 @@ def check_gradcam_alpha(gradcam_alpha, split: CamSplit, x: torch.Tensor, target:
 # --- 00: the map of Eqs. 1 and 10 --------------------------------------------------------------------------------
 
 def _normalise_over_batch(up: torch.Tensor) -> torch.Tensor:
+    """Min-max with the minimum and maximum of the whole batch (a typical mistake)."""
     low, high = up.amin(), up.amax()
     return (up - low) / (high - low)
+
+
+def _normalise_each(up: torch.Tensor) -> torch.Tensor:
+    """Min-max of each image's (1, H, W) map to [0, 1], (B, 1, H, W) -> (B, H, W); a constant map gives zeros."""
+    flat = up.flatten(1)
+    low, high = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
+    varies = high > low
+    return torch.where(varies, (up[:, 0] - low) / torch.where(varies, high - low, 1.0), 0.0)
 
 
 def check_cam_map(cam_from_alpha, alpha: torch.Tensor, maps: torch.Tensor, size: tuple[int, int]) -> None:
@@ -213,13 +222,6 @@ def check_cam_map(cam_from_alpha, alpha: torch.Tensor, maps: torch.Tensor, size:
         f"your maps differ from s(u(ReLU(sum_k alpha_k A_k))) ({_distance(answer, expected)}): weighted sum over "
         "the maps, ReLU, bilinear upsampling to `size`, then min-max to [0, 1] per image"))
 
-
-def _normalise_each(up: torch.Tensor) -> torch.Tensor:
-    """Min-max of each image's (1, H, W) map to [0, 1], (B, 1, H, W) -> (B, H, W); a constant map gives zeros."""
-    flat = up.flatten(1)
-    low, high = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
-    varies = high > low
-    return torch.where(varies, (up[:, 0] - low) / torch.where(varies, high - low, 1.0), 0.0)
 
 
 # --- 01: the Shapley values of a channel game, by enumeration (Eq. 6) ---------------------------------------------
