@@ -1,8 +1,10 @@
 # Two entry points, both self-contained on a fresh machine with Python 3.11 and pip:
 #   make workbook   set up .venv and run every notebook headlessly into results/
 #   make test       set up .venv (and Debian's chromium for the browser tests), lint with ruff, run the test suite
-# and the course explorer:
+# and the course explorer and editions:
 #   make explorer   serve apps/explorer.ipynb with Voila on 127.0.0.1 (EXPLORER_PORT, default 8866)
+#   make student    write the student edition of notebooks 00 and 01 to build/student/
+#   make grade SUBMISSIONS=dir   grade dir/<student>/<notebook>.ipynb into build/grades.csv
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +17,7 @@ EXPLORER_PORT ?= 8866
 CAN_INSTALL_CHROMIUM := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo yes)
 LIFTCAM_REQUIRE_BROWSER ?= $(if $(CAN_INSTALL_CHROMIUM),1,0)
 
-.PHONY: workbook test setup notebooks explorer clean
+.PHONY: workbook test setup notebooks explorer student grade clean
 
 setup: $(STAMP)
 
@@ -63,6 +65,15 @@ explorer: $(STAMP)
 	JUPYTER_PATH="$(CURDIR)/apps/jupyter" JUPYTER_CONFIG_PATH="$(CURDIR)/apps/jupyter/config" \
 	  $(BIN)/voila apps/explorer.ipynb --template=offline-lab --no-browser \
 	  --Voila.ip=127.0.0.1 --port=$(EXPLORER_PORT) --Voila.port_retries=0 --token=$$token
+
+# the course edition of notebooks 00 and 01 (docs/course.md): the student edition, and the grading of a folder of
+# submissions, SUBMISSIONS/<student>/<notebook>.ipynb, into build/grades.csv (+ build/grades_feedback.csv, the hints)
+student: $(STAMP)
+	$(BIN)/python -m liftcam_utils.app.course student --out build/student
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<folder of <student>/<notebook>.ipynb>"; exit 2; }
+	$(BIN)/python -m liftcam_utils.app.course grade "$(SUBMISSIONS)" --out build/grades.csv
 
 clean:
 	rm -rf $(VENV) results build
