@@ -1,5 +1,6 @@
 """Servers and a browser for the end-to-end tests: JupyterLab and Voila on loopback with a random token, and
-Debian's headless Chromium driven by Playwright (never a browser download).
+Debian's headless Chromium driven by Playwright (never a browser download), with pages whose console errors and
+requests off the machine are recorded (:class:`Watched`).
 
 Without Chromium the browser tests are skipped, with what to install, unless ``LIFTCAM_REQUIRE_BROWSER=1``
 (``make test`` sets it where it can install Chromium: as root with apt-get, as on CI), where they fail instead.
@@ -10,6 +11,7 @@ terminates the group and any kernel it started (kernels run in sessions of their
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -21,9 +23,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
+
+from liftcam_utils.files import write_atomically
 
 CHROMIUM = Path("/usr/bin/chromium")
 REQUIRE_BROWSER = "LIFTCAM_REQUIRE_BROWSER"
@@ -31,6 +36,7 @@ REQUIRE_BROWSER = "LIFTCAM_REQUIRE_BROWSER"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "results" / "screenshots"
 STARTUP_SECONDS = 120
 STOP_SECONDS = 15
 
@@ -46,6 +52,54 @@ def check_chromium(path: Path = CHROMIUM, environ=os.environ) -> None:
         pytest.fail(f"{install}; {REQUIRE_BROWSER}=1 requires them (make test sets it as root where apt-get exists; "
                     f"{REQUIRE_BROWSER}=0 skips them)", pytrace=False)
     pytest.skip(install)
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's Chromium, headless, launched by Playwright (see :func:`check_chromium` for when it is missing)."""
+    check_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Watched:
+    """A page whose console errors, uncaught exceptions and requests that leave the machine (anything but loopback,
+    ``data:``, ``blob:`` and ``file:`` addresses) are recorded in :attr:`problems`."""
+
+    def __init__(self, browser, height: int = 1000):
+        self.page = browser.new_page(viewport={"width": 1400, "height": height})
+        self.problems: list[str] = []
+        self.page.on("console", lambda message: message.type == "error"
+                     and self.problems.append(f"console error: {message.text}"))
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.page.on("request", self._check_host)
+
+    def _check_host(self, request):
+        address = urlsplit(request.url)
+        if address.scheme not in ("data", "blob", "file") and address.hostname != "127.0.0.1":
+            self.problems.append(f"request outside loopback: {request.url}")
+
+    def screenshot(self, name: str) -> None:
+        """The whole page, saved as ``results/screenshots/<name>``."""
+        picture = self.page.screenshot(full_page=True)
+        write_atomically(SCREENSHOTS / name, lambda path: Path(path).write_bytes(picture))
+
+    @contextlib.contextmanager
+    def screenshot_on_failure(self, name: str):
+        """On any failure inside, save the page as ``FAILED_<name>`` before the error propagates; on success, remove
+        such a screenshot left by an earlier run."""
+        try:
+            yield
+        except BaseException:
+            self.screenshot(f"FAILED_{name}")
+            raise
+        (SCREENSHOTS / f"FAILED_{name}").unlink(missing_ok=True)
 
 
 def free_port() -> int:

