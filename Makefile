@@ -1,10 +1,11 @@
 # Two entry points, both self-contained on a fresh machine with Python 3.11 and pip:
 #   make workbook   set up .venv and run every notebook headlessly into results/
 #   make test       set up .venv (and Debian's chromium for the browser tests), lint with ruff, run the test suite
-# and the course explorer and editions:
+# and the course explorer, editions and site:
 #   make explorer   serve apps/explorer.ipynb with Voila on 127.0.0.1 (EXPLORER_PORT, default 8866)
 #   make student    write the student edition of notebooks 00 and 01 to build/student/
 #   make grade SUBMISSIONS=dir   grade dir/<student>/<notebook>.ipynb into build/grades.csv
+#   make site       build the course site in build/site/: the executed notebooks and course documents, offline HTML
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ EXPLORER_PORT ?= 8866
 CAN_INSTALL_CHROMIUM := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo yes)
 LIFTCAM_REQUIRE_BROWSER ?= $(if $(CAN_INSTALL_CHROMIUM),1,0)
 
-.PHONY: workbook test setup notebooks explorer student grade clean
+.PHONY: workbook test setup notebooks explorer student grade site clean
 
 setup: $(STAMP)
 
@@ -74,6 +75,11 @@ student: $(STAMP)
 grade: $(STAMP)
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<folder of <student>/<notebook>.ipynb>"; exit 2; }
 	$(BIN)/python -m liftcam_utils.app.course grade "$(SUBMISSIONS)" --out build/grades.csv
+
+# the course site (liftcam_utils.app.site): the committed, executed notebooks and docs/course.md, docs/statistics.md as
+# static HTML pages that load nothing from the network; open build/site/index.html
+site: $(STAMP)
+	$(BIN)/python -m liftcam_utils.app.site --out build/site
 
 clean:
 	rm -rf $(VENV) results build
