@@ -16,3 +16,6 @@ c.Voila.tornado_settings = {"websocket_max_message_size": MAX_UPLOAD_BYTES + MES
 # The page (apps/jupyter/voila/templates/offline-lab/index.html.j2) refuses a larger file before it is sent, with a
 # message naming its size and this limit, so the kernel connection stays open.
 c.VoilaConfiguration.resources = {"max_upload_bytes": MAX_UPLOAD_BYTES}
+# Two JupyterLab extensions that otter-grader (the course extra) installs, jupytext's and ipylab's, need parts of
+# JupyterLab that Voila has not (the document manager, the main menu): loaded in the page, they fail in its console.
+c.VoilaConfiguration.extension_denylist = ["jupyterlab-jupytext", "ipylab"]
