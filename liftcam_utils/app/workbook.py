@@ -39,7 +39,7 @@ QUICK_PARAMETERS = {
                                "estimator_reference": 64},
     "03_cosine_similarity": {"n_images": {"photos": 3, "scenes": 12}, "n_permutations": {"photos": 40, "scenes": 200},
                              "reference_draws": 2},
-    "04_faithfulness": {"n_images": 3, "scenes_n_images": 12, "road_n_images": 2, "road_scenes_n_images": 6},
+    "04_faithfulness": {"n_images": 3, "scenes_n_images": 12},
     "05_localization": {"n_images": 24, "n_grids": 4},
     "06_vqa": {"n_images": 60},
     "07_sanity_checks": {"n_images": 1, "max_depth": 9},
