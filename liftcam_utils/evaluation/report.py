@@ -146,10 +146,11 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
                  "Each claim compares two methods on the same images (`liftcam_utils.evaluation.verdicts`, explained "
                  "in docs/statistics.md): the mean difference with a BCa bootstrap 95 % interval over independent "
                  "units, a one-sided sign-flip permutation test of the mean in the claimed direction and in the "
-                 "other, and an equivalence test (TOST) within the margin, the smallest difference that counts (half "
-                 "the paper's own gap, or a practical one). The p-values here are Holm-adjusted over the whole "
-                 "workbook, the paper's claims and the claims beyond it as two families, so a verdict can be more "
-                 "cautious here than in its notebook. *better* counts the independent units that improve among "
+                 "other, and an equivalence test (TOST) within the margin, the smallest difference that counts (the "
+                 "smaller of a practical difference and half the paper's own gap). The p-values here are "
+                 "Holm-adjusted over the whole workbook, the paper's claims and the claims beyond it as two "
+                 "families, so a verdict can be more cautious here than in its notebook. *better* counts the "
+                 "independent units that improve among "
                  "those that differ.", "",
                  "Tally (each piece of evidence counted once):", "",
                  markdown_table(verdicts.verdict_counts(decided)), ""]
