@@ -692,3 +692,35 @@ def test_a_dask_worker_killed_mid_shard_loses_and_repeats_no_rows(records, tmp_p
                         progress=False).rows
     assert (tmp_path / "killed").exists()  # the worker died in a shard
     pd.testing.assert_frame_equal(remote.drop(columns="seconds"), local.drop(columns="seconds"), check_exact=True)
+
+
+def test_the_local_dask_worker_keeps_the_memory_it_frees():
+    """Dask's default ``MALLOC_TRIM_THRESHOLD_=65536`` made every forward pass on its worker three times slower;
+    the local cluster's worker starts without it, and with one thread."""
+    from dask.distributed import Client
+
+    def environment():
+        import torch
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), torch.get_num_threads()
+
+    with E.local_cluster() as cluster, Client(cluster) as client:
+        assert list(client.run(environment).values()) == [(None, 1)]
+
+
+def test_methods_with_equal_maps_are_scored_once_with_the_same_numbers(tiny_model, records, monkeypatch):
+    """ShapleyCAM's maps equal Grad-CAM's (logit utility): the metrics run once for both, and each row holds
+    the numbers an evaluation of that method alone gives. A method with other maps is scored on its own."""
+    metrics = ("faithfulness", "insertion_deletion", "road", "pointing")
+    alone = {m: E.evaluate(tiny_model, records, [m], metrics=metrics, shard_size=5, progress=False).rows
+             for m in ("gradcam", "shapleycam", "liftcam")}
+    calls = []
+    curves = M.insertion_deletion_curves
+    monkeypatch.setattr(M, "insertion_deletion_curves", lambda *a, **k: calls.append(1) or curves(*a, **k))
+    together = E.evaluate(tiny_model, records, ["gradcam", "shapleycam", "liftcam"], metrics=metrics, shard_size=5,
+                          progress=False).rows
+    assert len(calls) == 2  # one shard: Grad-CAM's maps (shared with ShapleyCAM), LIFT-CAM's
+    for method, rows in alone.items():
+        mine = together[together["method"] == method].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine.drop(columns="seconds"), rows.drop(columns="seconds"), check_exact=True)
+    ad = {m: together.loc[together["method"] == m, "AD"].to_numpy() for m in ("gradcam", "liftcam")}
+    assert not np.array_equal(ad["gradcam"], ad["liftcam"])  # other maps, other scores

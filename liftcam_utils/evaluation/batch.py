@@ -149,6 +149,37 @@ def _shard_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
             for spec in specs}
 
 
+def _metric_columns(model: LoadedModel, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor,
+                    baseline: torch.Tensor, metrics: tuple[str, ...], road_noise: torch.Tensor | None,
+                    box_masks: torch.Tensor | None) -> dict[str, list]:
+    """The columns of ``metrics`` (all but ``"cosine"``) for the (B, H, W) ``saliency`` maps of images ``x``."""
+    columns = {}
+    if "faithfulness" in metrics:
+        scores = M.confidence_scores(model.net, x, saliency, target, baseline, output=model.output)
+        columns.update({key: value.tolist() for key, value in scores.items()})
+        columns["IC"] = M.increase_in_confidence(scores["Y"], scores["O"]).tolist()
+        columns["AD"] = M.average_drop(scores["Y"], scores["O"]).tolist()
+        columns["ADD"] = M.average_drop_in_deletion(scores["Y"], scores["D"]).tolist()
+    if "insertion_deletion" in metrics:
+        curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline, output=model.output)
+        columns["insertion_auc"] = M.auc(curves["insertion"]).tolist()
+        columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
+        columns["insertion_curve"] = curves["insertion"].tolist()  # at metrics.DELTAS, for plots
+        columns["deletion_curve"] = curves["deletion"].tolist()
+    if "road" in metrics:
+        curves = M.road_curves(model.net, x, saliency, target, noise=road_noise, output=model.output)
+        columns["road_morf"] = M.road_score(curves["morf"]).tolist()
+        columns["road_lerf"] = M.road_score(curves["lerf"]).tolist()
+        columns["road_morf_curve"] = curves["morf"].tolist()  # at metrics.ROAD_FRACTIONS, for plots
+        columns["road_lerf_curve"] = curves["lerf"].tolist()
+    if box_masks is not None:
+        masks = box_masks.to(x.device)
+        energy = M.energy_pointing_game(saliency, masks)
+        has_box = masks.flatten(1).any(1)  # no box of the target: the game is undefined (NaN), not 0
+        columns["pointing"] = torch.where(has_box, energy, torch.nan).tolist()
+    return columns
+
+
 def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord], specs: list[MethodSpec],
                 metrics: tuple[str, ...], absent: str, reference: MethodSpec | None) -> dict[MethodSpec, pd.DataFrame]:
     """Evaluate records of one model: the body once, then every method and metric on the shared maps."""
@@ -166,6 +197,7 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
         reference_alpha = METHODS[reference.method](inputs, **reference.kwargs) if reference else None
         box_masks = (torch.stack([box_mask_after_preprocess(r, model.preprocess, r.label, size) for r in records])
                      if "pointing" in metrics else None)
+        scored: list[tuple[torch.Tensor, dict]] = []  # (saliency maps, their metric columns) of this shard
         for spec in specs:
             start = time.perf_counter()
             alpha = METHODS[spec.method](inputs, **spec.kwargs)
@@ -175,29 +207,13 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
             seconds = (time.perf_counter() - start) / len(records)
             columns = {"image": [r.name for r in records], "target": target.tolist(),
                        "method": spec.label, "seconds": seconds}
-            if "faithfulness" in metrics:
-                scores = M.confidence_scores(model.net, x, saliency, target, baseline, output=model.output)
-                columns.update({key: value.tolist() for key, value in scores.items()})
-                columns["IC"] = M.increase_in_confidence(scores["Y"], scores["O"]).tolist()
-                columns["AD"] = M.average_drop(scores["Y"], scores["O"]).tolist()
-                columns["ADD"] = M.average_drop_in_deletion(scores["Y"], scores["D"]).tolist()
-            if "insertion_deletion" in metrics:
-                curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline, output=model.output)
-                columns["insertion_auc"] = M.auc(curves["insertion"]).tolist()
-                columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
-                columns["insertion_curve"] = curves["insertion"].tolist()  # at metrics.DELTAS, for plots
-                columns["deletion_curve"] = curves["deletion"].tolist()
-            if "road" in metrics:
-                curves = M.road_curves(model.net, x, saliency, target, noise=road_noise, output=model.output)
-                columns["road_morf"] = M.road_score(curves["morf"]).tolist()
-                columns["road_lerf"] = M.road_score(curves["lerf"]).tolist()
-                columns["road_morf_curve"] = curves["morf"].tolist()  # at metrics.ROAD_FRACTIONS, for plots
-                columns["road_lerf_curve"] = curves["lerf"].tolist()
-            if box_masks is not None:
-                masks = box_masks.to(x.device)
-                energy = M.energy_pointing_game(saliency, masks)
-                has_box = masks.flatten(1).any(1)  # no box of the target: the game is undefined (NaN), not 0
-                columns["pointing"] = torch.where(has_box, energy, torch.nan).tolist()
+            # a method whose maps equal an earlier method's (e.g. ShapleyCAM and Grad-CAM with the logit
+            # utility) gets that method's scores: every metric is a function of the maps alone
+            same = next((done for maps, done in scored if torch.equal(maps, saliency)), None)
+            if same is None:
+                same = _metric_columns(model, x, saliency, target, baseline, metrics, road_noise, box_masks)
+                scored.append((saliency, same))
+            columns.update(same)
             if reference_alpha is not None:  # cosine of two alphas (B, N); NaN for per-pixel weights (B, N, h, w)
                 columns["cosine"] = (M.cosine_similarity(alpha.double(), reference_alpha.double()).tolist()
                                      if alpha.dim() == reference_alpha.dim() == 2 else [torch.nan] * len(records))
@@ -368,18 +384,37 @@ def evaluate(model: LoadedModel, dataset: Sequence[ImageRecord],
 MODEL_SENDS = 3  # how often the model is sent to Dask workers in one run, when it is lost with the workers holding it
 
 
+def local_cluster():
+    """The Dask cluster of ``dask_scheduler="local"``: one worker process with one thread on this machine.
+
+    Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (its ``distributed.nanny.pre-spawn-environ``),
+    which makes glibc hand memory back to the system after every large free: a worker then spends most of a
+    forward pass in page faults (an EfficientNet-Lite0 forward took 3 times as long as in this process).
+    Its workers start without it (any value turns off glibc's adaptive thresholds); the other variables (one
+    OpenMP / MKL / OpenBLAS thread) are kept. Dask also leaves the variable in this process's environment after
+    starting a cluster, where later workers would inherit it: it is removed there when it holds Dask's value."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    dask_trim = environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    if dask_trim is not None and os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(dask_trim):
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+
+
 def _run_on_dask(scheduler, model, device, layer, todo, metrics, absent, reference_spec, keep, bar) -> None:
     """Compute the shards of ``todo`` on Dask workers. The model itself (network with its weights as they are
     now in this process, preprocessing, vocabulary) is sent to every worker, on the CPU; each worker moves it
     to ``device`` (default: the model's device here). A worker that dies in a shard has that shard
     computed again by Dask; when every worker holding the model has died (e.g. the only one), the shards not
     yet done are lost with it: the model is sent again and they are resubmitted, up to ``MODEL_SENDS`` times."""
-    from dask.distributed import CancelledError, Client, LocalCluster, as_completed
+    from dask.distributed import CancelledError, Client, as_completed
 
     device = str(device or model.device)
     sent = model if model.device.type == "cpu" else dataclasses.replace(model, net=copy.deepcopy(model.net).cpu())
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) \
-        if scheduler == "local" else None
+    cluster = local_cluster() if scheduler == "local" else None
     client = Client(cluster if cluster is not None else scheduler)
     try:
         for _ in range(MODEL_SENDS):

@@ -108,8 +108,14 @@ def target_probability(net, images: torch.Tensor, target: torch.Tensor, output: 
     """(B,) the model's probability of each image's ``target`` class under its output function ``output``
     (one of :data:`~liftcam_utils.engine.outputs.OUTPUTS`): ``softmax(net(images))[target]`` across the
     classes for ``"softmax"``, ``sigmoid(net(images)[target])`` of the target's logit alone for ``"sigmoid"``.
-    ``ValueError`` listing the valid values for any other ``output``."""
+    ``ValueError`` listing the valid values for any other ``output``.
+
+    A (B, C, H, W) batch on the CPU goes through the network in channels-last memory order: the same
+    numbers up to float rounding, and convolutions and max-pooling run faster on the CPU in that order
+    (``benchmarks/bench_metric_forwards.py``)."""
     check_output(output)
+    if images.dim() == 4 and images.device.type == "cpu":
+        images = images.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         return class_probabilities(net(images), output).gather(1, target[:, None])[:, 0]
 
