@@ -130,7 +130,7 @@ def test_a_string_cannot_break_out_of_the_injected_cell(tmp_path, payload):
 
     assert ast.literal_eval(PythonTranslator.translate(payload)) == payload
     for value in (payload, [payload, {"k" + payload: payload}]):
-        assert workbook._injectable("n", value) == value
+        assert workbook.injectable("n", value) == value
         source = _injected(tmp_path, {"n": value})
         assigns = [node for node in ast.parse(source).body if isinstance(node, ast.Assign)]
         assert [a.targets[0].id for a in assigns] == ["n"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import re
@@ -36,6 +37,7 @@ import pandas as pd
 import yaml
 
 from ..files import write_atomically
+from .workbook import QUICK_PARAMETERS, injectable
 
 COURSE_NOTEBOOKS = ("00_quickstart", "01_framework")
 
@@ -52,6 +54,12 @@ ASSIGNMENT_CONFIG = {
 }
 
 MANUAL = "manual"
+
+# The sizes a course notebook runs at in the student edition (injected after its parameters cell, as papermill
+# does, so that a student sees them and can change them): those of the test suite's quick copies, which run each
+# notebook in under 5 minutes on a 2-core CPU (docs/course.md gives the measured times). Notebooks 00 and 01 run at
+# their defaults.
+STUDENT_PARAMETERS = QUICK_PARAMETERS
 
 
 class CourseError(ValueError):
@@ -97,6 +105,24 @@ def _test_points(autograder_notebook) -> dict[str, float]:
             for name, source in tests.items()}
 
 
+def _with_student_parameters(notebook, name: str):
+    """``notebook`` with its :data:`STUDENT_PARAMETERS` in a cell after its parameters cell (papermill's
+    ``injected-parameters`` cell, headed by a comment saying why), or itself where it has none."""
+    from papermill.parameterize import parameterize_notebook
+
+    parameters = {key: injectable(key, value) for key, value in STUDENT_PARAMETERS.get(name, {}).items()}
+    if not parameters:
+        return notebook
+    notebook = copy.deepcopy(notebook)
+    notebook.metadata["papermill"] = {}  # where papermill records what it injected (removed below)
+    student = parameterize_notebook(notebook, parameters, comment="Course sizes: the whole notebook runs in under "
+                                                                  "5 minutes (change them to run it larger)")
+    student.metadata.pop("papermill", None)
+    for cell in student.cells:
+        cell.metadata.pop("papermill", None)
+    return student
+
+
 def assign(notebook_dir: Path, work_dir: Path) -> dict[str, Edition]:
     """Run otter assign on each course notebook of ``notebook_dir`` into ``work_dir/<name>/``.
 
@@ -114,6 +140,7 @@ def assign(notebook_dir: Path, work_dir: Path) -> dict[str, Edition]:
         exercises = _questions(notebook, source)
         if not exercises:
             raise CourseError(f"{source} has no exercise (no '# BEGIN QUESTION' raw cell)")
+        notebook = _with_student_parameters(notebook, name)
         config = {"name": name, **ASSIGNMENT_CONFIG}
         notebook.cells.insert(0, nbformat.v4.new_raw_cell("# ASSIGNMENT CONFIG\n" + yaml.safe_dump(config)))
         master = work_dir / name / "master" / source.name

@@ -53,7 +53,7 @@ class ParameterError(ValueError):
     """A ``-p`` parameter refused: unknown name, or a value papermill cannot inject safely."""
 
 
-def _injectable(name: str, value, given: str | None = None):
+def injectable(name: str, value, given: str | None = None):
     """``value`` as papermill injects it safely: a JSON value (:func:`~liftcam_utils.json_values.json_value`), checked
     by a round trip: the text papermill writes into the notebook for it must read back (``ast.literal_eval``, which
     runs no code) as the same value.
@@ -85,11 +85,11 @@ def parse_parameter(name: str, text: str):
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return _injectable(name, text)  # no literal: the text itself
+        return injectable(name, text)  # no literal: the text itself
     except (TypeError, MemoryError, RecursionError) as error:  # e.g. an unhashable dict key, nesting too deep
         raise ParameterError(f"parameter {name!r}: the value {text!r} cannot be read ({type(error).__name__}: "
                              f"{error}); valid types: {VALID_TYPES}") from None
-    return _injectable(name, value, repr(text))
+    return injectable(name, value, repr(text))
 
 
 def check_parameter_names(declared: dict[str, set[str]], parameters: dict) -> None:
@@ -118,7 +118,7 @@ def run(notebook_dir: Path, output_dir: Path, parameters: dict) -> list[Path]:
         return []
     declared = {notebook.name: set(papermill.inspect_notebook(str(notebook))) for notebook in notebooks}
     check_parameter_names(declared, parameters)
-    parameters = {name: _injectable(name, value) for name, value in parameters.items()}
+    parameters = {name: injectable(name, value) for name, value in parameters.items()}
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     parameters = {"output_dir": str(output_dir.resolve()), **parameters}
@@ -161,7 +161,7 @@ def write_quick_copies(notebook_dir: Path, target_dir: Path) -> list[Path]:
     for notebook in notebooks_in(notebook_dir):
         declared = papermill.inspect_notebook(str(notebook))
         parameters = {"output_dir": str((target_dir / "results").resolve()), **QUICK_PARAMETERS.get(notebook.stem, {})}
-        parameters = {name: _injectable(name, value) for name, value in parameters.items()}
+        parameters = {name: injectable(name, value) for name, value in parameters.items()}
         unknown = sorted(set(parameters) - set(declared))
         if unknown:
             raise ValueError(f"{notebook.name} declares no parameter(s) {unknown}; it declares {sorted(declared)}")
