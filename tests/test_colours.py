@@ -57,7 +57,7 @@ def test_the_default_cycle_becomes_the_method_colours():
     try:
         colours.use_method_colours()
         cycle = [mpl.colors.to_hex(c["color"]).upper() for c in mpl.rcParams["axes.prop_cycle"]]
-        assert cycle[0] == "#000000" and cycle[-1] == "#DDDDDD" and len(cycle) == len(colours.METHOD_COLOURS)
-        assert sns.color_palette()[0] == (0.0, 0.0, 0.0)
+        assert tuple(cycle) == colours.DEFAULT_CYCLE
+        assert mpl.colors.to_hex(sns.color_palette()[1]).upper() == "#332288"
     finally:
         mpl.rcParams["axes.prop_cycle"] = before

@@ -8,8 +8,8 @@ colorspacious) and checks that every two colours stay apart in CAM02-UCS.
 
 * :data:`METHOD_COLOURS`: method key -> hex colour; :func:`method_palette` maps keys or display names (e.g. "LIFT-CAM")
   to colours, for seaborn's ``palette=`` and matplotlib's ``color=``;
-* :func:`use_method_colours`: makes the same colours matplotlib's and seaborn's default cycle (in this order), for
-  figures whose lines or bars are not methods.
+* :func:`use_method_colours`: makes Tol's muted scheme matplotlib's and seaborn's default cycle, for figures whose
+  lines or bars are not methods.
 """
 
 from __future__ import annotations
@@ -60,13 +60,17 @@ def method_palette(methods: Iterable[str]) -> dict[str, str]:
     return {method: method_colour(method) for method in dict.fromkeys(methods)}
 
 
+# Tol's muted scheme in its published order: the default cycle, for lines and bars that are not methods (datasets,
+# setups, measures)
+DEFAULT_CYCLE = ("#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99", "#999933", "#AA4499")
+
+
 def use_method_colours() -> None:
-    """Make the method colours (in :data:`METHOD_COLOURS`' order, pale grey last) the default colour cycle of
-    matplotlib and seaborn, for the figures of this session whose colours are not set per method."""
+    """Make :data:`DEFAULT_CYCLE` the default colour cycle of matplotlib and seaborn in this session, so that the
+    figures whose colours are not set per method (e.g. one bar per dataset) are safe for colour-blind readers too."""
     import matplotlib as mpl
     import seaborn as sns
     from cycler import cycler
 
-    colours = [colour for key, colour in METHOD_COLOURS.items() if key != "random"] + [METHOD_COLOURS["random"]]
-    mpl.rcParams["axes.prop_cycle"] = cycler(color=colours)
-    sns.set_palette(colours)
+    mpl.rcParams["axes.prop_cycle"] = cycler(color=list(DEFAULT_CYCLE))
+    sns.set_palette(list(DEFAULT_CYCLE))
