@@ -259,7 +259,8 @@ def _questions(notebook: str) -> dict[str, int | str]:
 
 @pytest.mark.parametrize(("notebook", "expected"), [
     ("04_faithfulness", {"q04_confidence_terms": 4, "q04_insertion_auc": 3, "q04_map_of_ones": "manual 1"}),
-    ("05_localization", {"q05_energy_in_box": 3, "q05_liftcam_versus_gradcam": 2}),
+    ("05_localization", {"q05_energy_in_box": 3, "q05_liftcam_versus_gradcam": 2,
+                          "q05_mean_or_majority": "manual 1"}),
 ])
 def test_exercise_names_and_points(notebook, expected):
     assert _questions(notebook) == expected
