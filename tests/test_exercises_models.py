@@ -159,6 +159,8 @@ def test_the_question_change_is_described_whatever_the_answers(vqa, scene):
         _energies(), vqa, scene, ORIGINAL, "what color is the triangle?", 0)
     assert X.describe_question_change(..., vqa, scene, ORIGINAL, ..., ...).startswith("not yet: `new_question`")
     assert "not written yet" in X.describe_question_change(..., vqa, scene, ORIGINAL, "what color is the star?", 0)
+    assert "one share per box (3 objects)" in X.describe_question_change(
+        lambda loaded, image, question, boxes: torch.ones(2), vqa, scene, ORIGINAL, "what color is the star?", 0)
 
 
 # --- 06: a saturated model ----------------------------------------------------------------------------------
@@ -209,6 +211,7 @@ def saturation(vqa, answered):
     (lambda p, q: (p <= 0.999).double().mean().item(), "the share of the questions at or below 0.999"),
     (lambda p, q: (p > 0.99).double().mean().item(), "that is the share above 0.99"),
     (lambda p, q: "67 %", "should be one number, a fraction, got str"),
+    (lambda p, q: p > 0.999, "should be one number, a fraction, got Tensor"),
     (lambda p, q: ..., "not computed yet"),
     (lambda p, q: (q > 0.999).double().mean().item(), "you counted the predicted answer's probability"),
     (lambda p, q: 0.0123, "off by"),

@@ -117,11 +117,11 @@ def check_new_question(new_question, predicted_object, original_question: str, s
     present = ", ".join(f"the {colour} {shape}" for shape, colour in scene.objects)
     _require(bool(about), f"{new_question!r} is about no object of this scene (its answer is 'no' or 0): ask about "
                           f"one that is there ({present})")
+    other_shape = next(shape for j, (shape, _) in enumerate(scene.objects) if j not in original)
     _require(not set(about) & set(original),
              f"{new_question!r} is about {_describe(scene.objects, about)}, which the original question "
-             f"{original_question!r} asks about too: ask about another object, e.g. "
-             f"\"what color is the {scene.objects[next(j for j in range(len(scene.objects)) if j not in original)][0]}"
-             "?\"")
+             f"{original_question!r} asks about too: ask about another object, e.g. \"what color is the "
+             f"{other_shape}?\"")
     _require(predicted_object is not Ellipsis, "`predicted_object` is not chosen yet: the index of the object "
                                                "where you expect LIFT-CAM's map to move")
     _require(isinstance(predicted_object, int | np.integer) and 0 <= predicted_object < len(scene.objects),
@@ -130,7 +130,7 @@ def check_new_question(new_question, predicted_object, original_question: str, s
 
 
 def object_energies(loaded: LoadedModel, image: Image.Image, question: str, boxes: Sequence[Box],
-                    method: str = "liftcam", target=None, with_question: bool = True) -> torch.Tensor:
+                    method: str = "liftcam", target=None) -> torch.Tensor:
     """Per box, the share of ``method``'s map energy inside it (Eq. 14, ``sum_box s / sum s``), the map of the
     model's answer (``target`` None) with ``question`` fixed. (The exercise's reference: students write their own.)
     """
@@ -211,6 +211,8 @@ def describe_question_change(energies_function, loaded: LoadedModel, scene: VqaS
         check_new_question(new_question, predicted_object, original_question, scene, loaded)
         shares = {q: _as_tensor(_call(energies_function, "object_energies", loaded, scene.image, q, scene.boxes),
                                 "object_energies").reshape(-1) for q in (original_question, new_question)}
+        _require(all(len(s) == len(scene.objects) for s in shares.values()),
+                 f"`object_energies` should return one share per box ({len(scene.objects)} objects)")
     except ExerciseFeedback as feedback:
         return f"not yet: {feedback}"
     table = pd.DataFrame({q: (100 * s).numpy() for q, s in shares.items()},
@@ -278,7 +280,7 @@ def check_saturated_share(share, loaded: LoadedModel, records: Sequence[ImageRec
     _require(share is not Ellipsis and share is not None, "`saturated_share` is not computed yet: replace the `...`")
     try:
         share = float(share)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):  # a str, a list, a tensor of several numbers
         raise ExerciseFeedback(f"`saturated_share` should be one number, a fraction, got {type(share).__name__}"
                                ) from None
     probability, logits = answer_probabilities(loaded, records)
