@@ -207,6 +207,7 @@ def test_estimates_that_do_not_converge_get_the_monte_carlo_hint(runs):
     (lambda e: e[0], "shape (runs, P, n_players)"),
     (lambda e: e[:1].expand(32, -1, -1), "your runs are identical"),
     (lambda e: e * 2, "not running means of Algorithm 1"),
+    (lambda e: ..., "your estimates (the stacked runs) are not computed yet"),
 ])
 def test_estimates_hints(runs, change, hint):
     estimates, errors, slope, _ = runs

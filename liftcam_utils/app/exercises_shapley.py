@@ -217,6 +217,9 @@ def check_error_slope(estimates, errors, slope, value: Callable[[Sequence[int]],
     relative error ``||alpha_P - phi|| / ||phi||`` of SHAP-CAM_P, averaged over the runs, with ``phi`` the exact
     Shapley values (Eq. 6); ``slope``: the least-squares slope of ``log(errors)`` against ``log(P)``, which the
     Monte Carlo error of Algorithm 1 puts near -1/2."""
+    for what, given in (("your estimates (the stacked runs) are", estimates), ("your errors are", errors),
+                        ("your slope is", slope)):
+        _require(given is not None and given is not Ellipsis, f"{what} not computed yet: replace the `...`")
     estimates = _as_tensor(estimates, "estimates")
     _require(estimates.dim() == 3 and estimates.shape[2] == n_players,
              f"`estimates` should have shape (runs, P, n_players), one Algorithm 1 result per run stacked "
