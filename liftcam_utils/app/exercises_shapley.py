@@ -44,8 +44,8 @@ def channel_subgame(split: CamSplit, x: torch.Tensor, players: Sequence[int], ta
 
     @functools.cache
     def worth(coalition: tuple[int, ...]) -> float:
-        mask = torch.ones(maps.shape[1], dtype=maps.dtype)
-        mask[players] = torch.tensor(coalition, dtype=maps.dtype)
+        mask = torch.ones(maps.shape[1], dtype=maps.dtype, device=maps.device)
+        mask[players] = torch.tensor(coalition, dtype=maps.dtype, device=maps.device)
         with torch.no_grad():
             return split.head(maps * mask[None, :, None, None])[0, target].item()
 
@@ -305,9 +305,9 @@ def check_cosine_function(cosine, alphas: Mapping[str, torch.Tensor], reference:
     """``cosine(alpha, reference)`` must return the per-image cosine similarity (B,) of two (B, N) coefficient
     tensors, the package's :func:`~liftcam_utils.evaluation.metrics.cosine_similarity`; tried on each tensor of
     ``alphas`` against ``reference``."""
-    reference = torch.as_tensor(reference).double()
+    reference = torch.as_tensor(reference).detach().cpu().double()
     for method, alpha in alphas.items():
-        alpha = torch.as_tensor(alpha).double()
+        alpha = torch.as_tensor(alpha).detach().cpu().double()
         answer = _as_tensor(_call(cosine, "cosine", alpha, reference), "cosine")
         expected = cosine_similarity(alpha, reference)
         batch, n_maps = alpha.shape
@@ -360,14 +360,14 @@ def check_method_cosines(method_cosines, split: CamSplit, x: torch.Tensor, targe
     """``method_cosines[m]`` must be the cosine (B,) of each image's ``alpha`` of method ``m`` (for class
     ``target``) to ``reference`` (B, N), the quantity Table 2 averages."""
     answers = _per_method(method_cosines, methods, "method_cosines")
-    reference = torch.as_tensor(reference).double()
+    reference = torch.as_tensor(reference).detach().cpu().double()
     with torch.no_grad():
         maps = split.body(x)
     size = tuple(x.shape[-2:])
-    reference_map = cam_map(reference.to(maps.dtype), maps, size).double().flatten(1)
+    reference_map = cam_map(reference.to(maps), maps, size).cpu().double().flatten(1)
     for method in methods:
         answer = answers[method]
-        alpha = coefficients(method, split, x, target).double()
+        alpha = coefficients(method, split, x, target).cpu().double()
         expected = cosine_similarity(alpha, reference)
         _require(answer.numel() != 1 or len(x) == 1,
                  f"method_cosines[{method!r}] is one number: keep one cosine per image (Table 2 averages them "
@@ -377,10 +377,10 @@ def check_method_cosines(method_cosines, split: CamSplit, x: torch.Tensor, targe
         if _close(answer, expected, rtol=1e-4):
             continue
         mistakes = [
-            (cosine_similarity(saliency(method, split, x, target).double().flatten(1), reference_map),
+            (cosine_similarity(saliency(method, split, x, target).cpu().double().flatten(1), reference_map),
              "you compared the saliency maps, not the coefficients: Table 2's cosine is between the vectors "
              "alpha (lu.coefficients), one number per channel"),
-            (cosine_similarity(coefficients(method, split, x).double(), reference),
+            (cosine_similarity(coefficients(method, split, x).cpu().double(), reference),
              "you explained the predicted class: pass `target` (each scene's label, the class the reference "
              "explains) to lu.coefficients"),
             (expected.abs(), "you took the absolute value of the cosine: keep its sign"),
@@ -405,11 +405,11 @@ def check_reference_cosines(cosine_by_p, smallest_p, split: CamSplit, x: torch.T
              "`cosine_by_p` should be a dict {P: cosine} over at least three values of P")
     cosine_by_p = {int(p): cosine for p, cosine in cosine_by_p.items()}
     grid = sorted(cosine_by_p)
-    long_reference = torch.as_tensor(long_reference).double().reshape(1, -1)
+    long_reference = torch.as_tensor(long_reference).detach().cpu().double().reshape(1, -1)
 
     def cosine_of(p: int, **options) -> float:
         options = {"seed": seed, "estimator": "stratified", **options}
-        alpha = coefficients("shapcam", split, x[:1], target[:1], n_permutations=p, **options).double()
+        alpha = coefficients("shapcam", split, x[:1], target[:1], n_permutations=p, **options).cpu().double()
         return float(cosine_similarity(alpha, long_reference))
 
     for p in grid:
