@@ -3,6 +3,7 @@ solutions and hidden tests, the grader gives the solved edition full marks, the 
 hint per exercise, and a planted mistake loses exactly its exercise's points with that mistake's hint; each check
 of liftcam_utils.app.exercises names the typical mistakes it is built to recognise."""
 
+import ast
 import itertools
 import json
 import math
@@ -32,10 +33,15 @@ def _solved(edition):
     return edition.student.parent.parent / "autograder" / edition.student.name
 
 
+GRADED = ("00_quickstart", "01_framework")  # graded end to end here; 02-07's solved editions check themselves (nbval)
+
+
 @pytest.fixture(scope="module")
 def graded(editions, tmp_path_factory):
-    """Grades of three students: `solved` hands in the solutions, `blank` the student edition untouched, `planted`
-    notebook 00's solutions with Grad-CAM's alpha summed instead of averaged (and no notebook 01)."""
+    """Grades of three students in notebooks 00 and 01: `solved` hands in the solutions, `blank` the student edition
+    untouched, `planted` notebook 00's solutions with Grad-CAM's alpha summed instead of averaged (and no notebook
+    01)."""
+    editions = {name: editions[name] for name in GRADED}
     submissions = tmp_path_factory.mktemp("submissions")
     for edition in editions.values():
         for student, source in (("solved", _solved(edition)), ("blank", edition.student)):
@@ -105,7 +111,7 @@ def test_a_planted_mistake_loses_exactly_its_exercise_and_gets_its_hint(graded):
 
 
 def test_the_score_table_and_its_files(graded, editions, tmp_path):
-    table = course.score_table(graded, editions)
+    table = course.score_table(graded, {name: editions[name] for name in GRADED})
     assert list(table.index) == ["blank", "planted", "solved"]
     assert list(table.columns) == ["q00_gradcam (3)", "q00_cam_map (2)", "q01_shapley (3)", "q01_local_accuracy (3)",
                                    "q01_why_not_locally_accurate (manual)", "total", "possible"]
@@ -120,11 +126,28 @@ def test_the_score_table_and_its_files(graded, editions, tmp_path):
 def test_the_student_command_writes_the_student_edition(tmp_path, capsys):
     assert course.main(["student", "--notebooks", str(NOTEBOOKS), "--out", str(tmp_path / "student")]) == 0
     written = sorted(p.name for p in (tmp_path / "student").iterdir())
-    assert written == ["00_quickstart.ipynb", "01_framework.ipynb"]
+    assert written == [f"{name}.ipynb" for name in course.COURSE_NOTEBOOKS]
     assert "student edition: " in capsys.readouterr().out
     notebook = nbformat.read(tmp_path / "student" / "00_quickstart.ipynb", as_version=4)
     assert notebook.metadata["otter"]["assignment_name"] == "00_quickstart"
     assert notebook.cells[0].source.endswith('grader = otter.Notebook("00_quickstart.ipynb")')
+
+
+def test_the_student_edition_runs_at_the_course_sizes(editions):
+    """Notebooks 02-07 get their STUDENT_PARAMETERS in papermill's injected cell right after the parameters cell;
+    00 and 01 run at their defaults."""
+    for name, edition in editions.items():
+        cells = nbformat.read(edition.student, as_version=4).cells
+        injected = [i for i, cell in enumerate(cells) if "injected-parameters" in cell.metadata.get("tags", [])]
+        sizes = course.STUDENT_PARAMETERS.get(name, {})
+        if not sizes:
+            assert not injected, name
+            continue
+        (at,) = injected
+        assert "parameters" in cells[at - 1].metadata.get("tags", []), name
+        assert cells[at].source.startswith("# Course sizes: the whole notebook runs in under 5 minutes"), name
+        assigned = dict(line.split(" = ", 1) for line in cells[at].source.splitlines()[1:] if " = " in line)
+        assert {key: ast.literal_eval(value) for key, value in assigned.items()} == sizes, name
 
 
 # --- bad input: refused, naming the problem, before anything is graded ------------------------------------------

@@ -1,4 +1,4 @@
-"""The course edition of the workbook: the student edition of notebooks 00 and 01, and the grading of submissions.
+"""The course edition of the workbook: the student edition of notebooks 00-07, and the grading of submissions.
 
     python -m liftcam_utils.app.course student [--notebooks DIR] [--out DIR]
     python -m liftcam_utils.app.course grade SUBMISSIONS [--notebooks DIR] [--out CSV]
@@ -39,7 +39,8 @@ import yaml
 from ..files import write_atomically
 from .workbook import QUICK_PARAMETERS, injectable
 
-COURSE_NOTEBOOKS = ("00_quickstart", "01_framework")
+COURSE_NOTEBOOKS = ("00_quickstart", "01_framework", "02_shapcam_convergence", "03_cosine_similarity",
+                    "04_faithfulness", "05_localization", "06_vqa", "07_sanity_checks")
 
 # otter assign's settings for every course notebook: tests stored in the notebook's metadata (the student edition
 # is one self-contained file), written as Python functions that raise (not doctests), and nothing else generated
