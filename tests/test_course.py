@@ -81,7 +81,7 @@ def test_the_student_edition_has_no_solutions_hidden_tests_or_outputs(editions):
         checks = [cell.source for cell in student.cells if cell.source.startswith("grader.check(")]
         assert sorted(checks) == sorted(f'grader.check("{name}")' for name in tests)
         solved = json.loads(_solved(edition).read_text())["metadata"]["otter"]["tests"]
-        assert all("hidden=True" in source for source in solved.values())
+        assert set(solved) == set(tests) and any("hidden=True" in source for source in solved.values()), edition.name
 
 
 def test_the_solved_edition_scores_full_marks(graded):
