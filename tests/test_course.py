@@ -164,7 +164,7 @@ def _notebook(path, metadata=None):
     ({"loose.ipynb": {}}, "belong to no student"),
     ({"ann/00_quickstart.ipynb": None}, "is not a Jupyter notebook"),
     ({"ann/00_quickstart.ipynb": {}}, "has no otter assignment name"),
-    ({"ann/02.ipynb": {"otter": {"assignment_name": "02_shapcam_convergence"}}}, "not one of the course notebooks"),
+    ({"ann/08.ipynb": {"otter": {"assignment_name": "08_beyond_cnns"}}}, "not one of the course notebooks"),
     ({"ann/a.ipynb": {"otter": {"assignment_name": "00_quickstart"}},
       "ann/b.ipynb": {"otter": {"assignment_name": "00_quickstart"}}}, "are both ann's 00_quickstart"),
 ])
