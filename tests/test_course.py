@@ -1,4 +1,4 @@
-"""The course edition of notebooks 00 and 01 (docs/course.md): otter assign makes a student edition without the
+"""The course edition of notebooks 00-07 (docs/course.md): otter assign makes a student edition without the
 solutions and hidden tests, the grader gives the solved edition full marks, the blank student edition zero with a
 hint per exercise, and a planted mistake loses exactly its exercise's points with that mistake's hint; each check
 of liftcam_utils.app.exercises names the typical mistakes it is built to recognise."""
@@ -33,15 +33,10 @@ def _solved(edition):
     return edition.student.parent.parent / "autograder" / edition.student.name
 
 
-GRADED = ("00_quickstart", "01_framework")  # graded end to end here; 02-07's solved editions check themselves (nbval)
-
-
 @pytest.fixture(scope="module")
 def graded(editions, tmp_path_factory):
-    """Grades of three students in notebooks 00 and 01: `solved` hands in the solutions, `blank` the student edition
-    untouched, `planted` notebook 00's solutions with Grad-CAM's alpha summed instead of averaged (and no notebook
-    01)."""
-    editions = {name: editions[name] for name in GRADED}
+    """Grades of three students: `solved` hands in the solutions of every notebook, `blank` every student edition
+    untouched, `planted` only notebook 00's solutions with Grad-CAM's alpha summed instead of averaged."""
     submissions = tmp_path_factory.mktemp("submissions")
     for edition in editions.values():
         for student, source in (("solved", _solved(edition)), ("blank", edition.student)):
@@ -84,12 +79,11 @@ def test_the_student_edition_has_no_solutions_hidden_tests_or_outputs(editions):
         assert set(solved) == set(tests) and any("hidden=True" in source for source in solved.values()), edition.name
 
 
-def test_the_solved_edition_scores_full_marks(graded):
+def test_the_solved_edition_scores_full_marks(graded, editions):
     for exercise, row in _rows(graded, "solved").items():
         if row.possible == row.possible:  # not NaN: autograded
             assert row.points == row.possible and not row.hint, (exercise, row.hint)
-    assert set(_rows(graded, "solved")) == {"q00_gradcam", "q00_cam_map", "q01_shapley", "q01_local_accuracy",
-                                            "q01_why_not_locally_accurate"}
+    assert set(_rows(graded, "solved")) == {e for edition in editions.values() for e in edition.exercises}
 
 
 def test_the_blank_student_edition_scores_zero_with_a_hint_for_every_test(graded):
@@ -99,7 +93,11 @@ def test_the_blank_student_edition_scores_zero_with_a_hint_for_every_test(graded
             assert row.hint == "graded by the teacher"
             continue
         assert row.points == 0, exercise
-        assert row.hint and all("replace the `...`" in hint for hint in row.hint.splitlines()), row.hint
+        hints = row.hint.splitlines()
+        assert hints and all(hint.strip() and "Traceback" not in hint and "Error:" not in hint for hint in hints), (
+            exercise, row.hint)  # a hint per failed test, never a crash of the check
+        if exercise.startswith(("q00", "q01")):
+            assert all("replace the `...`" in hint for hint in hints), row.hint
 
 
 def test_a_planted_mistake_loses_exactly_its_exercise_and_gets_its_hint(graded):
@@ -108,14 +106,18 @@ def test_a_planted_mistake_loses_exactly_its_exercise_and_gets_its_hint(graded):
     assert "49 times too large: average the gradient over the 7 x 7 pixels" in rows["q00_gradcam"].hint
     assert rows["q00_cam_map"].points == rows["q00_cam_map"].possible and not rows["q00_cam_map"].hint
     assert rows["q01_shapley"].hint == "not handed in" and rows["q01_shapley"].points == 0
+    assert rows["q07_spearman"].hint == "not handed in" and rows["q07_spearman"].points == 0
 
 
 def test_the_score_table_and_its_files(graded, editions, tmp_path):
-    table = course.score_table(graded, {name: editions[name] for name in GRADED})
+    table = course.score_table(graded, editions)
     assert list(table.index) == ["blank", "planted", "solved"]
-    assert list(table.columns) == ["q00_gradcam (3)", "q00_cam_map (2)", "q01_shapley (3)", "q01_local_accuracy (3)",
-                                   "q01_why_not_locally_accurate (manual)", "total", "possible"]
-    assert table.loc["solved", "total"] == table.loc["solved", "possible"] == 11
+    assert list(table.columns[:5]) == ["q00_gradcam (3)", "q00_cam_map (2)", "q01_shapley (3)",
+                                       "q01_local_accuracy (3)", "q01_why_not_locally_accurate (manual)"]
+    assert list(table.columns[-2:]) == ["total", "possible"] and len(table.columns) == 2 + sum(
+        len(edition.exercises) for edition in editions.values())
+    possible = sum(p for edition in editions.values() for p in edition.exercises.values() if p != course.MANUAL)
+    assert table.loc["solved", "total"] == table.loc["solved", "possible"] == possible
     assert table.loc["planted", "total"] == 2 and table.loc["blank", "total"] == 0
     scores, hints = course.write_grades(graded, table, tmp_path / "grades.csv")
     assert scores.read_text().splitlines()[0].startswith("student,q00_gradcam (3)")

@@ -13,6 +13,11 @@ function that raises, returns ``...`` or returns the wrong type is reported as s
 * :func:`check_shapley_values` (01, the Shapley values of a channel game by enumeration, Eq. 6);
 * :func:`check_cut_and_method` and :func:`check_local_accuracy_gaps` (01, local accuracy, Eq. 8, at a cut of the
   student's choice, and a method that violates it).
+
+The feedback helpers here (:class:`ExerciseFeedback`, calling the student's function, reading its answer, matching
+typical mistakes) are shared by the checks of the other notebooks: :mod:`~liftcam_utils.app.exercises_shapley`
+(02, 03), :mod:`~liftcam_utils.app.exercises_metrics` (04, 05) and :mod:`~liftcam_utils.app.exercises_models`
+(06, 07).
 """
 
 from __future__ import annotations
