@@ -74,11 +74,13 @@ def _as_tensor(value, name: str) -> torch.Tensor:
 
 
 def _close(answer: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-3) -> bool:
-    """Equal up to float rounding, relative to the largest entry of ``expected``."""
-    if answer.shape != expected.shape or not torch.isfinite(answer).all():
+    """Equal up to float rounding, relative to the largest finite entry of ``expected``; a NaN or an infinity
+    matches only the same value in ``expected`` (a typical mistake's result may have them where the student's does)."""
+    if answer.shape != expected.shape:
         return False
-    scale = expected.abs().max().item() or 1.0
-    return bool(torch.allclose(answer, expected.double(), rtol=rtol, atol=rtol * scale))
+    finite = expected[torch.isfinite(expected)]
+    scale = (finite.abs().max().item() if finite.numel() else 0.0) or 1.0
+    return bool(torch.allclose(answer, expected.double(), rtol=rtol, atol=rtol * scale, equal_nan=True))
 
 
 def _first_match(answer: torch.Tensor, mistakes: Sequence[tuple[torch.Tensor, str]]) -> str | None:

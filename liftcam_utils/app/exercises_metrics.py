@@ -26,21 +26,6 @@ EDGE_Y = (0.0, 0.0, 0.5, 0.4, 0.8, 1.0)
 EDGE_OTHER = (0.0, 0.3, 0.5, 0.9, 0.2, 0.0)
 
 
-def _reproduces(answer: torch.Tensor, result: torch.Tensor) -> bool:
-    """``answer`` equals ``result`` up to float rounding, NaN and infinities included (a mistake's result may have
-    them where the student's has them too)."""
-    if answer.shape != result.shape:
-        return False
-    finite = result[torch.isfinite(result)]
-    scale = finite.abs().max().item() if finite.numel() else 1.0
-    return bool(torch.isclose(answer, result.double(), rtol=1e-3, atol=1e-3 * (scale or 1.0), equal_nan=True).all())
-
-
-def _recognised(answer: torch.Tensor, mistakes: Sequence[tuple[torch.Tensor, str]]) -> str | None:
-    """The hint of the first typical mistake that ``answer`` reproduces, NaN and infinities included."""
-    return next((hint for result, hint in mistakes if _reproduces(answer, result)), None)
-
-
 def _per_image(answer: torch.Tensor, expected: torch.Tensor, name: str, what: str) -> torch.Tensor:
     """``answer`` as one number per image like ``expected`` (B,), or feedback: a single number is a mean."""
     _require(answer.dim() != 0 or expected.numel() == 1,
@@ -113,7 +98,7 @@ def _check_term(function, name: str, metric: str, y: torch.Tensor, other: torch.
     if _close(answer, expected):
         return
     y64, other64 = y.double(), other.double()
-    hint = _recognised(answer, _term_mistakes(metric, y64, other64))
+    hint = _first_match(answer, _term_mistakes(metric, y64, other64))
     if hint is None and not torch.isfinite(answer[y == 0]).all():
         hint = (f"your {metric} term is NaN or infinite where Y = 0: return 0 there (the package's convention: no "
                 "confidence to lose or gain)")
@@ -308,7 +293,7 @@ def check_energy_in_box(energy_in_box, saliency_maps: torch.Tensor, box_masks: t
         (_divided(inside, total - inside), "you divided by the energy outside the box: divide by the total "
                                            "energy, inside and outside"),
     ]
-    hint = _recognised(answer, mistakes)
+    hint = _first_match(answer, mistakes)
     raise ExerciseFeedback(hint or (
         f"your shares are not Eq. 14's ({_distance(answer.nan_to_num(), expected)}): per image, the sum of "
         "s * box_mask over the pixels divided by the sum of s, and 0 for a map that is 0 everywhere"))

@@ -112,7 +112,7 @@ def target_probability(net, images: torch.Tensor, target: torch.Tensor, output: 
 
     A (B, C, H, W) batch on the CPU goes through the network in channels-last memory order: the same
     numbers up to float rounding, and convolutions and max-pooling run faster on the CPU in that order
-    (``benchmarks/bench_metric_forwards.py``)."""
+    (``benchmarks/memory_format.py``)."""
     check_output(output)
     if images.dim() == 4 and images.device.type == "cpu":
         images = images.contiguous(memory_format=torch.channels_last)
