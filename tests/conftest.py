@@ -57,9 +57,10 @@ def images():
 def head_values(split, x, target=None):
     """F^c(A) and F^c(0) computed directly, independent of any coefficient rule."""
     with torch.no_grad():
-        maps = split.body(x)
-        logits = split.head(maps)
-        empty = split.head(torch.zeros_like(maps))
+        maps, held = split.encode(x)
+        head = split.bind(held).head
+        logits = head(maps)
+        empty = head(torch.zeros_like(maps))
     c = logits.argmax(1) if target is None else target
     rows = torch.arange(len(c))
     return logits[rows, c], empty[rows, c], c

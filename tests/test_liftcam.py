@@ -91,18 +91,18 @@ def test_local_accuracy_for_each_elementwise_rule(activation):
     assert not torch.allclose(alpha, grad_input, atol=1e-3)
 
 
-class _Softmaxed(nn.Module):
+class _CumulativeSum(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
 
     def forward(self, x):
-        return torch.softmax(self.features(x).mean(dim=(2, 3)), dim=1)
+        return torch.cumsum(self.features(x).mean(dim=(2, 3)), dim=1)
 
 
 def test_unknown_head_op_raises():
-    split = lu.split_model(_Softmaxed().eval(), "features.1")
-    with pytest.raises(lu.UnsupportedHeadOpError, match="softmax"):
+    split = lu.split_model(_CumulativeSum().eval(), "features.1")
+    with pytest.raises(lu.UnsupportedHeadOpError, match="cumsum"):
         lu.coefficients("liftcam", split, torch.randn(1, 3, 6, 6))
 
 

@@ -91,7 +91,7 @@ def explain(model, image, method: str, layer: str | None = None, target: int | N
         inputs = prepare(split, x, target)
         alpha = METHODS[method](inputs, **options)
         with torch.no_grad():
-            probabilities = class_probabilities(split.head(inputs.maps), model.output)[0].cpu()
+            probabilities = class_probabilities(inputs.split.head(inputs.maps), model.output)[0].cpu()
     saliency = cam_map(alpha, inputs.maps, tuple(x.shape[-2:]))[0]
     values, indices = probabilities.topk(min(3, probabilities.numel()))
     names = model.categories

@@ -81,6 +81,8 @@ def _check_maps(maps: torch.Tensor, split: CamSplit) -> None:
             "(B, C, H, W); choose a convolutional layer. Layers: " + ", ".join(split.layers())
         )
     _check_finite(maps, f"the activation maps A of layer {split.layer!r}", f"the layers up to {split.layer!r}")
+    if split.tokens is not None:  # a transformer's tokens are signed by design: no post-activation layer to prefer
+        return
     negative = (maps < 0).float().mean().item()
     if negative > 0.01:
         warnings.warn(
@@ -136,7 +138,8 @@ def resolve_target(target: int | Sequence[int] | torch.Tensor | None, logits: to
 
 
 def prepare(split: CamSplit, x: torch.Tensor, target=None) -> CamInput:
-    """Run the body once and resolve the targets (predicted class where ``target`` is None).
+    """Run the body once and resolve the targets (predicted class where ``target`` is None). A transformer's head
+    gets the inputs it holds fixed for these images (:meth:`~liftcam_utils.engine.split.CamSplit.bind`).
 
     ``ValueError`` when the images, the activation maps or the logits are not finite: every method and
     metric downstream would turn NaN into a plausible number (an all-zero map, a perfect average drop),
@@ -145,8 +148,9 @@ def prepare(split: CamSplit, x: torch.Tensor, target=None) -> CamInput:
     _check_images(x)
     x = x.to(split.device)
     with torch.no_grad():
-        maps = split.body(x)
+        maps, held = split.encode(x)
         _check_maps(maps, split)
+        split = split.bind(held)
         logits = split.head(maps)
     _check_finite(logits, f"the logits of the head after layer {split.layer!r}",
                   f"the layers after {split.layer!r} (the head)")

@@ -51,7 +51,7 @@ class ChannelGame:
         self.maps = inputs.maps[index]
         self.target = int(inputs.target[index])
         self.n = self.maps.shape[0]
-        self._head = inputs.split.head
+        self._head = inputs.split.for_image(index).head
         self._control: QuadraticControl | None = None  # set on the residual games of :meth:`minus`
         self._factored = factor_head(self._head)
         parts = None if self._factored is None else self._factored.contributions(self.maps, batch_size)

@@ -19,6 +19,18 @@ Two ops of several inputs get exact rules of the same kind (secant multipliers, 
 * an L2 norm ``r = ||v||``: ``m_v = (v + v_ref) / (r + r_ref)``, since
   ``r^2 - r_ref^2 = sum_j (v_j + v_ref_j)(v_j - v_ref_j)``.
 
+A matrix product ``a @ b`` is bilinear like ``a b``: ``Delta (a @ b) = Delta a @ (b + b_ref) / 2 +
+(a + a_ref) / 2 @ Delta b`` exactly. A transformer head's ops are compositions of these rules, each
+step exact, so their composition is exact too:
+
+* LayerNorm ``y = c / sqrt(mean(c^2) + eps) * gamma + beta`` with ``c = z - mean(z)``: ``c`` and the means
+  are affine, ``c^2`` a product, ``1 / sqrt(.)`` elementwise, ``c * (1 / sqrt(.))`` a product;
+* softmax ``e / sum(e)`` with ``e = exp(z - s)``: ``exp`` elementwise, the sum affine, ``1 / sum``
+  elementwise, the quotient a product. The shift ``s`` (the row's largest entry over input and
+  reference, the same for both) keeps ``exp`` from overflowing and cancels in the quotient;
+* attention ``softmax(q k^T * scale) v``: two matrix products and a softmax; PyTorch's
+  ``nn.MultiheadAttention`` adds its input and output projections (affine).
+
 ``detach`` passes multipliers through: it only changes gradients. Then the contributions of all
 neurons sum to ``F^c(A) - F^c(0)`` exactly (summation-to-delta, Eq. 4, hence local accuracy, Eq. 8).
 
@@ -30,15 +42,22 @@ with ``R_x = x * W^T (R_y / (y + eps * sign(y)))``, i.e. ``m_y`` is scaled by
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from .head_ops import OpKind, UnsupportedHeadOpError, classify_head, norm_arguments
 
-_FLAT_TOLERANCE = 1e-6
+_FLAT_TOLERANCE = 1e-6  # in float32; scaled by the machine epsilon for other dtypes (float64: about 2e-15)
+
+
+def _flat_tolerance(dtype: torch.dtype) -> float:
+    """Input differences at most this size count as none (the derivative stands in for the secant)."""
+    return _FLAT_TOLERANCE * torch.finfo(dtype).eps / torch.finfo(torch.float32).eps
 
 
 def _with_multiplier(value: torch.Tensor, z: torch.Tensor, multiplier: torch.Tensor) -> torch.Tensor:
@@ -69,6 +88,12 @@ class _RuleInterpreter(fx.Interpreter):
             return self.product(node, *self.fetch_args_kwargs_from_env(node)[0])
         if kind is OpKind.NORM:
             return self.norm(node, self.env[node.args[0]])
+        if kind is OpKind.LAYER_NORM:
+            return self.layer_norm(*_layer_norm_arguments(node, *self.fetch_args_kwargs_from_env(node), self.module))
+        if kind is OpKind.SOFTMAX:
+            return self.softmax(*_softmax_arguments(node, *self.fetch_args_kwargs_from_env(node), self.module))
+        if kind is OpKind.ATTENTION:
+            return self.attention_op(node, *self.fetch_args_kwargs_from_env(node))
         out = super().run_node(node)
         if kind is OpKind.MAX_POOL:
             self.max_pool(node, self.fetch_args_kwargs_from_env(node)[0][0])
@@ -91,6 +116,70 @@ class _RuleInterpreter(fx.Interpreter):
     def affine_module(self, module: nn.Module, out: torch.Tensor) -> torch.Tensor:
         return out
 
+    def bilinear(self, multiply, a, b) -> torch.Tensor:
+        raise UnsupportedHeadOpError(f"{type(self).__name__} has no rule for products of A-dependent tensors")
+
+    def layer_norm(self, z: torch.Tensor, dims: tuple[int, ...], weight, bias, eps: float) -> torch.Tensor:
+        """LayerNorm from the rules of its steps (module docstring)."""
+        c = z - z.mean(dims, keepdim=True)
+        variance = self.bilinear(torch.mul, c, c).mean(dims, keepdim=True)
+        y = self.bilinear(torch.mul, c, self.elementwise(variance + eps, torch.rsqrt))
+        if weight is not None:
+            y = y * weight
+        return y if bias is None else y + bias
+
+    def softmax(self, z: torch.Tensor, dim: int) -> torch.Tensor:
+        raise UnsupportedHeadOpError(f"{type(self).__name__} has no rule for a softmax")
+
+    def attention(self, q, k, v, scale: float) -> torch.Tensor:
+        """``softmax(q k^T * scale) v`` from the rules of its steps (module docstring)."""
+        weights = self.softmax(self.bilinear(torch.matmul, q, k.transpose(-2, -1)) * scale, -1)
+        return self.bilinear(torch.matmul, weights, v)
+
+    def attention_op(self, node: fx.Node, args, kwargs):
+        """An ``ATTENTION`` node: ``F.scaled_dot_product_attention`` or an ``nn.MultiheadAttention`` call."""
+        if node.op == "call_function":
+            q, k, v = args[:3]
+            scale = kwargs.get("scale")
+            return self.attention(q, k, v, 1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        module = self.module.get_submodule(node.target)
+        query, key, value = args[:3]
+        if not module.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        embed, heads = module.embed_dim, module.num_heads
+        if module._qkv_same_embed_dim:
+            weights = module.in_proj_weight.split(embed)
+        else:
+            weights = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
+        biases = (None,) * 3 if module.in_proj_bias is None else module.in_proj_bias.split(embed)
+        q, k, v = (F.linear(t, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, heads, T, d)
+                   for t, w, b in zip((query, key, value), weights, biases, strict=True))
+        out = self.attention(q, k, v, 1 / math.sqrt(q.shape[-1])).transpose(1, 2).flatten(2)
+        out = F.linear(out, module.out_proj.weight, module.out_proj.bias)
+        return (out if module.batch_first else out.transpose(0, 1)), None
+
+
+def _layer_norm_arguments(node: fx.Node, args, kwargs, root: nn.Module):
+    """``(z, normalised dims, weight, bias, eps)`` of an ``nn.LayerNorm`` call or ``F.layer_norm``."""
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
+    else:
+        values = dict(zip(("input", "normalized_shape", "weight", "bias", "eps"), args, strict=False)) | kwargs
+        shape, weight, bias, eps = (values["normalized_shape"], values.get("weight"), values.get("bias"),
+                                    values.get("eps", 1e-5))
+    return args[0], tuple(range(-len(shape), 0)), weight, bias, eps
+
+
+def _softmax_arguments(node: fx.Node, args, kwargs, root: nn.Module):
+    """``(z, dim)`` of an ``nn.Softmax`` call, ``F.softmax`` / ``torch.softmax`` or ``z.softmax(dim)``."""
+    if node.op == "call_module":
+        return args[0], root.get_submodule(node.target).dim
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+    if dim is None:
+        raise UnsupportedHeadOpError(f"softmax {node.name!r} without an explicit dim")
+    return args[0], dim
+
 
 def _derivative(g, z: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():
@@ -106,7 +195,7 @@ class _RescaleInterpreter(_RuleInterpreter):
         half = z.shape[0] // 2
         dz = z[:half] - z[half:]
         dy = out[:half] - out[half:]
-        flat = dz.abs() <= _FLAT_TOLERANCE
+        flat = dz.abs() <= _flat_tolerance(dz.dtype)
         m = torch.where(flat, _derivative(g, z[:half]), dy / torch.where(flat, 1.0, dz))
         return _with_multiplier(out, z, torch.cat([m, m]))
 
@@ -123,11 +212,24 @@ class _RescaleInterpreter(_RuleInterpreter):
     def product(self, node, a, b):
         if node.target in (operator.truediv, torch.div, "div"):
             b = self.elementwise(b, torch.reciprocal)  # a quotient's divisor is A-dependent, else it is AFFINE
-        value = (a * b).detach()
-        for factor, other in ((a, b), (b, a)):
-            if isinstance(factor, torch.Tensor) and factor.requires_grad:
-                value = value + self._halves_mean(other) * (factor - factor.detach())
+        matrix = node.target in (operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm")
+        return self.bilinear(torch.matmul if matrix else torch.mul, a, b)
+
+    def bilinear(self, multiply, a, b):
+        """``multiply(a, b)`` with the secant multipliers of a bilinear map: ``(b + b_ref) / 2`` for ``a``, ``(a +
+        a_ref) / 2`` for ``b`` (a constant operand is its own mean)."""
+        value = multiply(a, b).detach()
+        if isinstance(a, torch.Tensor) and a.requires_grad:
+            value = value + multiply(a - a.detach(), self._halves_mean(b))
+        if isinstance(b, torch.Tensor) and b.requires_grad:
+            value = value + multiply(self._halves_mean(a), b - b.detach())
         return value
+
+    def softmax(self, z, dim):
+        half = z.shape[0] // 2
+        shift = torch.maximum(*z.detach().amax(dim, keepdim=True).split(half))
+        e = self.elementwise(z - torch.cat([shift, shift]), torch.exp)
+        return self.bilinear(torch.mul, e, self.elementwise(e.sum(dim, keepdim=True), torch.reciprocal))
 
     def norm(self, node, v):
         _, dim, keepdim = norm_arguments(node)
@@ -141,7 +243,7 @@ class _RescaleInterpreter(_RuleInterpreter):
     def max_pool(self, node, z):
         reference = z[z.shape[0] // 2:].flatten(2)
         spread = (reference.amax(-1) - reference.amin(-1)).abs().max()
-        if spread > _FLAT_TOLERANCE * max(1.0, reference.abs().max().item()):
+        if spread > _flat_tolerance(reference.dtype) * max(1.0, reference.abs().max().item()):
             raise NotImplementedError(
                 f"max pool {node.name!r}: its reference input varies within the image "
                 f"(spread {spread.item():.3g}); DeepLIFT's max-pool rule here assumes a reference "

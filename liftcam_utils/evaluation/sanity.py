@@ -164,9 +164,9 @@ def randomisation_layers(split: CamSplit, blocks: bool = False) -> list[str]:
     """
     modules = dict(split.net.named_modules())
     called = []
-    for graph in (split.body.graph, split.head.graph):
+    for graph in (split.body.graph, split.open_head.graph):
         called += [n.target for n in graph.nodes if n.op == "call_module" and _parameterised(modules[n.target])]
-    in_head = {n.target for n in split.head.graph.nodes if n.op == "call_module"}
+    in_head = {n.target for n in split.open_head.graph.nodes if n.op == "call_module"}
     layers = []
     for name in reversed(list(dict.fromkeys(called))):
         if blocks and name not in in_head:
@@ -191,7 +191,7 @@ def layer_part(split: CamSplit, layer: str) -> str:
     """Where ``layer``'s parameterised modules are called: ``"head"`` (above the cut: randomising them changes
     only the weights of the maps), ``"body"`` (below it: the maps ``A`` change) or ``"both"``."""
     targets = {part: {n.target for n in graph.nodes if n.op == "call_module"}
-               for part, graph in (("head", split.head.graph), ("body", split.body.graph))}
+               for part, graph in (("head", split.open_head.graph), ("body", split.body.graph))}
     root = split.net.get_submodule(layer)
     names = [f"{layer}.{s}" if s else layer for s, m in root.named_modules() if _parameterised(m)]
     parts = {part for part, called in targets.items() for name in names if name in called}

@@ -8,6 +8,7 @@ ShapleyCAM also needs a Hessian-vector product (a second backward pass through t
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..engine.cam_input import CamInput
 
@@ -60,9 +61,10 @@ def gradient_and_hessian_product(inputs: CamInput) -> tuple[torch.Tensor, torch.
 
     Images do not interact in the head, so ``H`` is block-diagonal over the batch and ``H A`` is each
     image's own product. A head whose gradient does not depend on ``A`` (an affine head, or one that is
-    piecewise linear in ``A``: ReLU, max-pool) has ``H A = 0``.
+    piecewise linear in ``A``: ReLU, max-pool) has ``H A = 0``. Attention runs on PyTorch's reference kernel
+    here: its fused CPU kernels have no second derivative.
     """
-    with torch.enable_grad():
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
         maps = inputs.maps.detach().requires_grad_(True)
         score = inputs.target_logits(inputs.split.head(maps)).sum()
         (grad,) = torch.autograd.grad(score, maps, create_graph=True)
