@@ -250,3 +250,20 @@ def test_gradcam_equals_pytorch_grad_cam_with_its_vit_transform(kind):
     ours = lu.saliency("gradcam", split, x, target=target)
     theirs = torch.from_numpy(peer(input_tensor=x, targets=targets))
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_captum_deeplift_breaks_summation_to_delta_on_the_vit_head_where_liftcam_keeps_it(images):
+    """Captum 0.9.0's DeepLift on the same bound head, maps and zero baseline: it has no rule for LayerNorm and
+    attention (their plain gradients stand in), and its own convergence delta shows it (more than 10 % of
+    F(A) - F(0) on every image); LIFT-CAM's contributions add up to float64 rounding."""
+    from captum.attr import DeepLift
+
+    inputs = prepare(lu.split_model(_torchvision_vit().double(), "encoder.layers.encoder_layer_0"), images)
+    head = inputs.split.head
+    with torch.no_grad():
+        change = inputs.target_logits(head(inputs.maps)) - inputs.target_logits(head(torch.zeros_like(inputs.maps)))
+    _, delta = DeepLift(head).attribute(inputs.maps.clone(), baselines=torch.zeros_like(inputs.maps),
+                                        target=inputs.target, return_convergence_delta=True)
+    ours = lu.coefficients("liftcam", inputs.split, images, target=inputs.target).double().sum(1) - change
+    assert (delta.detach().abs() > 0.1 * change.abs()).all(), (delta, change)
+    assert ours.abs().max() < 1e-12
