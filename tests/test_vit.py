@@ -267,3 +267,18 @@ def test_captum_deeplift_breaks_summation_to_delta_on_the_vit_head_where_liftcam
     ours = lu.coefficients("liftcam", inputs.split, images, target=inputs.target).double().sum(1) - change
     assert (delta.detach().abs() > 0.1 * change.abs()).all(), (delta, change)
     assert ours.abs().max() < 1e-12
+
+
+def test_cascading_randomisation_runs_through_the_transformer_head():
+    """Adebayo et al.'s test on a ViT: every parameterised module of the head, attention included, is re-drawn by
+    its own initialisation; once the classifier is random, LIFT-CAM's maps change."""
+    from liftcam_utils.evaluation import sanity
+
+    net = _torchvision_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    rows, _ = sanity.parameter_randomisation(net, "encoder.layers.encoder_layer_0", x, ["liftcam"],
+                                             modes=["cascading"])
+    layers = list(dict.fromkeys(rows["layer"]))
+    assert layers[:3] == ["none", "heads.head", "encoder.ln"]
+    assert "encoder.layers.encoder_layer_1.self_attention" in layers
+    assert rows[rows["layer"] == "heads.head"]["spearman"].max() < 0.99

@@ -217,7 +217,7 @@ class ShapleyStepper:
     def affine_head(self) -> bool:
         """Whether the head ``F`` is affine in ``A``: then every ordering's marginal contributions are the
         exact Shapley values, and one ordering is as good as any number."""
-        return is_affine_head(self.split.head)
+        return is_affine_head(self.inputs.split.head)
 
     def describe_head(self) -> str:
         """One line: the layer, its number of maps and what the orderings do at its head."""

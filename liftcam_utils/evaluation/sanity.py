@@ -130,20 +130,22 @@ def _module_seed(seed: int, name: str) -> int:
 @torch.no_grad()
 def reinitialise(net: nn.Module, layer: str, seed: int = 0) -> None:
     """Re-initialise, in place, every parameterised module of ``net`` inside the module ``layer`` (the
-    module itself included) by its own ``reset_parameters()``, drawn on the CPU from ``seed`` and the
-    module's name (see the module docstring). Global random states are left as they were."""
+    module itself included) by its own ``reset_parameters()`` (``nn.MultiheadAttention``'s is private:
+    ``_reset_parameters()``), drawn on the CPU from ``seed`` and the module's name (see the module docstring).
+    Global random states are left as they were."""
     root = net.get_submodule(layer)
     for suffix, module in root.named_modules():
         if not _parameterised(module):
             continue
         name = f"{layer}.{suffix}" if suffix else layer
-        if not hasattr(module, "reset_parameters"):
+        reset = "_reset_parameters" if isinstance(module, nn.MultiheadAttention) else "reset_parameters"
+        if not hasattr(module, reset):
             raise ValueError(f"module {name!r} ({type(module).__name__}) has parameters but no reset_parameters(), "
                              "so it has no initialisation of its own to re-draw")
         fresh = copy.deepcopy(module).cpu()
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(_module_seed(seed, name))
-            fresh.reset_parameters()
+            getattr(fresh, reset)()
         for own, new in zip(_own_tensors(module), _own_tensors(fresh), strict=True):
             own.copy_(new)
 
