@@ -252,7 +252,7 @@ def insertion_slider(model, image, method: str = "liftcam", layer: str | None = 
     return widget
 
 
-EXPLORER_MODELS = ("efficientnet_lite0", "shapes_vgg", "shapes_vqa", "vgg16", "resnet50")
+EXPLORER_MODELS = ("efficientnet_lite0", "shapes_vgg", "shapes_vit", "shapes_vqa", "vgg16", "resnet50")
 EXPLORER_LAYERS = {"efficientnet_lite0": ["_swish@1", "_blocks.15._swish@0", "_blocks.15"]}
 EXPLORER_OPTIONS = {"shapcam": {"n_permutations": 10, "seed": 0}, "random": {"seed": 0}}
 EXPLORER_VQA_QUESTIONS = 60  # questions of the generated VQA data (about 5 per scene) the app offers
