@@ -107,8 +107,8 @@ def train_scene_classifier(build: Callable[[int, int], nn.Module], n_train: int,
     """Train ``build(num_classes, image_size)`` on CPU: BCE-with-logits, one-cycle learning rate (cosine).
 
     The optimiser is Adam, or with a positive ``weight_decay`` AdamW, decaying only the weight matrices and kernels
-    (:func:`weight_decay_groups`); the learning rate warms up to ``lr`` over the first
-    ``pct_start`` of the steps, then anneals. ``torch.manual_seed(seed)`` precedes ``build``. Training scenes
+    (:func:`weight_decay_groups`); the learning rate warms up to ``lr`` over the first ``pct_start`` of the steps,
+    then anneals. ``torch.manual_seed(seed)`` precedes ``build``. Training scenes
     come from dataset seed ``seed``, the ``n_val`` held-out scenes from ``seed + VAL_SEED_OFFSET``; random
     horizontal flips augment the training batches. Returns the model in eval mode and metrics: held-out ``mAP``
     and ``exact_match``, per-epoch ``losses`` (mean training loss), ``seconds``, and the data settings. Writes

@@ -17,9 +17,11 @@ The committed weights ``data/shapes_vit.pt`` (a state dict) are reproduced on CP
     python -m liftcam_utils.models.shapes_vit --out data/shapes_vit.pt
 
 which trains with the defaults of :func:`train_shapes_vit` (``DEFAULT_TRAINING``): training scenes from seed 0,
-held-out scenes from seed ``0 + VAL_SEED_OFFSET``, ``torch.manual_seed(0)``, 2 CPU threads; AdamW (weight decay
-on the linear and patch-embedding weights), one-cycle learning rate with a warm-up. Load them with
-:func:`load_shapes_vit`.
+held-out scenes from seed ``0 + VAL_SEED_OFFSET``, ``torch.manual_seed(0)``, 2 CPU threads; batches of 64, AdamW
+with weight decay 0.05 on the weight matrices (linear, attention and patch-embedding weights), a one-cycle learning
+rate warming up to 2e-3 over the first 10 % of the steps. Load them with :func:`load_shapes_vit`. Four blocks,
+not more: in short trials (3000 scenes x 4 epochs) four reached exact-match accuracy 0.97 where five or six were
+still near 0.6.
 
 Measured with :func:`~.scene_classifiers.evaluate` on the 500 held-out scenes (seed 10 000), next to the committed
 ``data/shapes_vgg.pt`` on the same scenes: held-out mAP 0.99999 and exact-match accuracy 0.994 (``shapes_vgg``:
