@@ -8,19 +8,21 @@ from conftest import head_values
 import liftcam_utils as lu
 from liftcam_utils.datasets.synthetic_scenes import SCENE_CLASSES, generate_scene
 from liftcam_utils.engine.head_ops import is_affine_head
-from liftcam_utils.models import shapes_vgg
 from liftcam_utils.models.checkpoints import load_state_dict_file
+from liftcam_utils.models.scene_classifiers import (
+    VAL_SEED_OFFSET,
+    average_precision,
+    evaluate,
+    mean_average_precision,
+    predict_logits,
+    scene_tensors,
+    shapes_preprocess,
+)
 from liftcam_utils.models.shapes_vgg import (
     DEFAULT_WEIGHTS,
     SHAPES_VGG_LAYER,
-    VAL_SEED_OFFSET,
     ShapesVGG,
-    average_precision,
-    evaluate,
     load_shapes_vgg,
-    mean_average_precision,
-    scene_tensors,
-    shapes_preprocess,
     train_shapes_vgg,
 )
 from liftcam_utils.models.training import normalise_uint8
@@ -114,5 +116,5 @@ def test_committed_weights_on_fresh_scenes():
     # preprocess + net agrees with the batched evaluation path
     with torch.no_grad():
         logits = net(_scene_batch(FRESH_SEED, 2))
-        batched = shapes_vgg.predict_logits(net, images[:2])
+        batched = predict_logits(net, images[:2])
         torch.testing.assert_close(logits, batched, atol=1e-4, rtol=1e-4)

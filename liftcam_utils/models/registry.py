@@ -6,12 +6,21 @@
 * ``"vgg16"``: torchvision's VGG16, default layer ``"features.29"`` (the last conv layer's ReLU,
   512 x 14 x 14, before the last max-pool), as in the paper.
 * ``"resnet50"``: torchvision's ResNet50, default layer ``"layer4"`` (2048 x 7 x 7).
+* ``"vit_b_16"``: torchvision's ViT-B/16 (ImageNet weights ``IMAGENET1K_V1``, resize 256, crop 224), default layer
+  ``"encoder.layers.encoder_layer_10"``, the input of the last encoder block: 197 tokens (the class token and a
+  14 x 14 patch grid) x 768; its head (the last block, the final LayerNorm, the class token, the linear layer)
+  is non-linear.
 * ``"vgg16_voc"`` / ``"vgg16_coco"``: the multi-label VGG16 models fine-tuned on PASCAL VOC 2007 / COCO 2014
   that the paper takes from TorchRay (Caffe-converted checkpoints are converted on loading; Caffe preprocessing).
   Default layer ``"features.29"``.
 * ``"shapes_vgg"``: our VGG-style classifier of the synthetic scenes (6 classes, multi-label), with
   VGG16's head structure (max-pool, FC-ReLU-FC-ReLU-FC); weights in ``data/shapes_vgg.pt``, made by
   ``python -m liftcam_utils.models.shapes_vgg --out data/shapes_vgg.pt``. Default layer ``"features.14"``.
+* ``"shapes_vit"``: our small Vision Transformer for the same scenes (torchvision's ``VisionTransformer`` class,
+  8 x 8 patches, 64 dimensions, 4 blocks); weights in ``data/shapes_vit.pt``, made by
+  ``python -m liftcam_utils.models.shapes_vit --out data/shapes_vit.pt``. Default layer
+  ``"encoder.layers.encoder_layer_2"``, the output of the second-to-last block (the class token and a 12 x 12
+  patch grid, 64 dimensions each).
 * ``"shapes_vqa"``: the basic VQA model (image CNN + question LSTM, product fusion) trained on our
   synthetic VQA task (:mod:`liftcam_utils.models.vqa_model`); weights in ``data/shapes_vqa.pt``. Default
   layer ``"img_encoder.model.features.20"`` (128 x 8 x 8). Explain it with a question fixed:
@@ -24,10 +33,10 @@
 (random initialisation, for tests and timing). Every file is read with ``weights_only=True``.
 
 Each model names its output function (``LoadedModel.output``, :data:`MULTI_LABEL`): ``"sigmoid"`` for the
-multi-label classifiers, whose classes are independent (``shapes_vgg``, trained with binary cross-entropy on its
-logits; ``vgg16_voc`` / ``vgg16_coco``, trained for multi-label VOC / COCO classification, one sigmoid per class),
-``"softmax"`` for the single-label ones (the ImageNet classifiers; the VQA models, trained with cross-entropy
-over the answers).
+multi-label classifiers, whose classes are independent (``shapes_vgg`` and ``shapes_vit``, trained with binary
+cross-entropy on their logits; ``vgg16_voc`` / ``vgg16_coco``, trained for multi-label VOC / COCO classification,
+one sigmoid per class), ``"softmax"`` for the single-label ones (the ImageNet classifiers; the VQA models, trained
+with cross-entropy over the answers).
 """
 
 from __future__ import annotations
@@ -45,9 +54,10 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES
 from ..datasets.paper_data import COCO_CLASSES, VOC_CLASSES
 from ..datasets.synthetic_scenes import SCENE_CLASS_NAMES
 from ..datasets.synthetic_vqa import ANSWERS, MAX_QUESTION_TOKENS
-from . import shapes_vgg, vqa_model
+from . import shapes_vgg, shapes_vit, vqa_model
 from .checkpoints import cached_download, default_device, load_checked, load_state_dict_file, read_state_dict
 from .loaded import LoadedModel
+from .scene_classifiers import shapes_preprocess
 
 
 def _imagenet_preprocess(mean, std) -> Callable:
@@ -62,10 +72,15 @@ def _imagenet_preprocess(mean, std) -> Callable:
 _TORCHVISION_MEAN, _TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+_TORCHVISION_MODELS = {  # name -> (architecture, its ImageNet weights)
+    "vgg16": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "vit_b_16": (torchvision.models.vit_b_16, torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1),
+}
+
+
 def _torchvision_net(name: str, weights) -> nn.Module:
-    builder = {"vgg16": torchvision.models.vgg16, "resnet50": torchvision.models.resnet50}[name]
-    enum = {"vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-            "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1}[name]
+    builder, enum = _TORCHVISION_MODELS[name]
     net = builder(weights=None)
     if weights == "default":
         weights = cached_download(enum.url, f"torchvision's ImageNet weights for {name}")
@@ -141,7 +156,17 @@ def _shapes_vgg_entry():
             load_state_dict_file(net, shapes_vgg.DEFAULT_WEIGHTS if weights == "default" else weights)
         return net
 
-    return build, shapes_vgg.SHAPES_VGG_LAYER, shapes_vgg.shapes_preprocess, list(SCENE_CLASS_NAMES)
+    return build, shapes_vgg.SHAPES_VGG_LAYER, shapes_preprocess, list(SCENE_CLASS_NAMES)
+
+
+def _shapes_vit_entry():
+    def build(weights):
+        net = shapes_vit.shapes_vit_net(len(SCENE_CLASS_NAMES))
+        if weights is not None:
+            load_state_dict_file(net, shapes_vit.DEFAULT_WEIGHTS if weights == "default" else weights)
+        return net
+
+    return build, shapes_vit.SHAPES_VIT_LAYER, shapes_preprocess, list(SCENE_CLASS_NAMES)
 
 
 def _shapes_vqa_entry():
@@ -167,7 +192,10 @@ _MODELS = {
                       list(_IMAGENET_CATEGORIES)),
     "resnet50": lambda: (lambda w: _torchvision_net("resnet50", w), "layer4", _IMAGENET_PREPROCESS,
                          list(_IMAGENET_CATEGORIES)),
+    "vit_b_16": lambda: (lambda w: _torchvision_net("vit_b_16", w), "encoder.layers.encoder_layer_10",
+                         _IMAGENET_PREPROCESS, list(_IMAGENET_CATEGORIES)),
     "shapes_vgg": _shapes_vgg_entry,
+    "shapes_vit": _shapes_vit_entry,
     "vgg16_voc": lambda: (lambda w: _torchray_vgg16_net("voc", 20, w), "features.29", _CAFFE_PREPROCESS,
                           list(VOC_CLASSES)),
     "vgg16_coco": lambda: (lambda w: _torchray_vgg16_net("coco", 80, w), "features.29", _CAFFE_PREPROCESS,
@@ -176,7 +204,7 @@ _MODELS = {
 }
 MODEL_NAMES = (*_MODELS, "basic_vqa")
 # the multi-label models: one independent sigmoid per class; every other model's classes share one softmax
-MULTI_LABEL = ("shapes_vgg", "vgg16_voc", "vgg16_coco")
+MULTI_LABEL = ("shapes_vgg", "shapes_vit", "vgg16_voc", "vgg16_coco")
 
 
 def load_model(name: str, weights: str | os.PathLike | None = "default",

@@ -1,5 +1,5 @@
-"""What our two trained models (``shapes_vgg``, ``shapes_vqa``) share: seeding, the input
-normalisation of uint8 image batches, the training loop (Adam with a one-cycle learning rate over
+"""What our trained models (``shapes_vgg``, ``shapes_vit``, ``shapes_vqa``) share: seeding, the input
+normalisation of uint8 image batches, the training loop (Adam or AdamW with a one-cycle learning rate over
 shuffled epochs) and the atomic write of the weights."""
 
 from __future__ import annotations
@@ -37,14 +37,16 @@ def save_state_dict(net: nn.Module, path: str | os.PathLike) -> None:
     write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
-def train_epochs(parameters: Iterable[torch.nn.Parameter], n: int, epochs: int, batch_size: int, lr: float,
-                 generator: torch.Generator, batch_loss: Callable[[torch.Tensor], torch.Tensor],
-                 on_epoch: Callable[[int, float], None] | None = None, pct_start: float = 0.2) -> list[float]:
+def train_epochs(parameters: Iterable[torch.nn.Parameter] | Iterable[dict], n: int, epochs: int, batch_size: int,
+                 lr: float, generator: torch.Generator, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+                 on_epoch: Callable[[int, float], None] | None = None, pct_start: float = 0.2,
+                 make_optimiser: Callable[..., torch.optim.Optimizer] = torch.optim.Adam) -> list[float]:
     """``epochs`` passes over items ``0 .. n - 1`` in an order drawn from ``generator``, ``batch_size`` at a
-    time: ``batch_loss(indices)`` is a batch's mean loss, minimised with Adam under a one-cycle (cosine)
-    schedule peaking at ``lr`` after ``pct_start`` of the steps. After each epoch ``on_epoch(epoch, mean
-    loss)``. Returns the per-epoch mean losses."""
-    optimiser = torch.optim.Adam(parameters, lr=lr)
+    time: ``batch_loss(indices)`` is a batch's mean loss, minimised with ``make_optimiser(parameters, lr=lr)`` (Adam;
+    ``parameters`` may be parameter groups) under a one-cycle (cosine) schedule peaking at ``lr`` after
+    ``pct_start`` of the steps. After each epoch ``on_epoch(epoch, mean loss)``. Returns the per-epoch mean
+    losses."""
+    optimiser = make_optimiser(parameters, lr=lr)
     steps = epochs * -(-n // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(steps, 1),
                                                    pct_start=pct_start)
