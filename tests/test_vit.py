@@ -282,3 +282,34 @@ def test_cascading_randomisation_runs_through_the_transformer_head():
     assert layers[:3] == ["none", "heads.head", "encoder.ln"]
     assert "encoder.layers.encoder_layer_1.self_attention" in layers
     assert rows[rows["layer"] == "heads.head"]["spearman"].max() < 0.99
+
+
+def test_liftcam_on_the_trained_shapes_vit_is_locally_accurate_in_float32_with_bounded_coefficients():
+    """The committed ViT in float32: the reference (empty patch tokens) puts LayerNorm's normaliser at 1/sqrt(eps)
+    and can push a half's softmax sum towards 0; the rules keep every multiplier bounded, so the contributions add
+    up to float32 rounding and none is far larger than F(A) - F(0) (ill-conditioned rules gave |alpha| of 1e6)."""
+    model = lu.load_model("shapes_vit", device="cpu")
+    x = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    split = model.split()
+    alpha = lu.coefficients("liftcam", split, x)
+    full, empty, _ = head_values(split, x)
+    torch.testing.assert_close(alpha.sum(1), full - empty, rtol=1e-4, atol=1e-5)
+    assert alpha.abs().max() < 10 * (full - empty).abs().max()
+
+
+def test_the_head_computes_the_class_token_row_alone():
+    """A ViT classifier reads the class token only: the bound head's last attention takes that row as its only
+    query (keys and values: every token), and its logits, LIFT-CAM and SHAP-CAM equal those of the full block."""
+    from liftcam_utils.engine.split import _bind_placeholders
+
+    model = lu.load_model("shapes_vit", device="cpu")
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    split = model.split()
+    maps, held = split.encode(x)
+    bound = split.bind(held)
+    full_head = _bind_placeholders(split.open_head, held)
+    attention = [n for n in bound.head.graph.nodes if n.op == "call_module" and n.target.endswith("self_attention")]
+    assert len(attention) == 1 and attention[0].args[0] is not attention[0].args[1]  # query: the class token row
+    with torch.no_grad():
+        torch.testing.assert_close(bound.head(maps), full_head(maps), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bound.head(maps), model.net(x), rtol=1e-5, atol=1e-5)

@@ -23,11 +23,18 @@ A matrix product ``a @ b`` is bilinear like ``a b``: ``Delta (a @ b) = Delta a @
 (a + a_ref) / 2 @ Delta b`` exactly. A transformer head's ops are compositions of these rules, each
 step exact, so their composition is exact too:
 
-* LayerNorm ``y = c / sqrt(mean(c^2) + eps) * gamma + beta`` with ``c = z - mean(z)``: ``c`` and the means
-  are affine, ``c^2`` a product, ``1 / sqrt(.)`` elementwise, ``c * (1 / sqrt(.))`` a product;
-* softmax ``e / sum(e)`` with ``e = exp(z - s)``: ``exp`` elementwise, the sum affine, ``1 / sum``
-  elementwise, the quotient a product. The shift ``s`` (the row's largest entry over input and
-  reference, the same for both) keeps ``exp`` from overflowing and cancels in the quotient;
+* LayerNorm ``y = c r * gamma + beta`` with ``c = z - mean(z)`` and the normaliser ``r = 1 / sqrt(mean(c^2) +
+  eps)``: ``c`` and the means are affine, ``c^2`` a product, ``1 / sqrt(.)`` elementwise, and ``c r`` splits as
+  ``Delta(c r) = r Delta c + c_ref Delta r`` (exact). The normaliser acts as a gate: each channel's change passes
+  scaled by the input's normaliser, and the normaliser's own change counts at the reference's ``c``, which is 0
+  for a patch token whose channels are all absent. (The symmetric product rule would credit half of ``Delta y``
+  to the normaliser, whose reference value ``1 / sqrt(eps)`` is about 1000 there: two terms of opposite sign and
+  that size per channel, cancelling up to float32 rounding of the logit's scale times 1000.) Ali et al. (2022)
+  treat LayerNorm's normaliser as a constant for the same reason;
+* softmax ``exp(z - s - log S)`` with ``S = sum exp(z - s)``: ``exp`` elementwise, the sum affine, ``log S``
+  the secant of the log. The shift ``s`` (the row's largest entry over input and reference, the same for
+  both) keeps ``exp`` from overflowing; every multiplier stays bounded (the quotient ``e / S`` as a product
+  would multiply by ``1 / S`` of a half whose scores are far below the other's: huge, cancelling terms);
 * attention ``softmax(q k^T * scale) v``: two matrix products and a softmax; PyTorch's
   ``nn.MultiheadAttention`` adds its input and output projections (affine).
 
@@ -123,10 +130,13 @@ class _RuleInterpreter(fx.Interpreter):
         """LayerNorm from the rules of its steps (module docstring)."""
         c = z - z.mean(dims, keepdim=True)
         variance = self.bilinear(torch.mul, c, c).mean(dims, keepdim=True)
-        y = self.bilinear(torch.mul, c, self.elementwise(variance + eps, torch.rsqrt))
+        y = self.gate(c, self.elementwise(variance + eps, torch.rsqrt))
         if weight is not None:
             y = y * weight
         return y if bias is None else y + bias
+
+    def gate(self, a, g) -> torch.Tensor:
+        raise UnsupportedHeadOpError(f"{type(self).__name__} has no rule for LayerNorm")
 
     def softmax(self, z: torch.Tensor, dim: int) -> torch.Tensor:
         raise UnsupportedHeadOpError(f"{type(self).__name__} has no rule for a softmax")
@@ -225,11 +235,30 @@ class _RescaleInterpreter(_RuleInterpreter):
             value = value + multiply(self._halves_mean(a), b - b.detach())
         return value
 
+    def gate(self, a, g):
+        """``a * g`` with ``Delta(a g) = g Delta a + a_ref Delta g`` (exact): ``a`` passes its change scaled by the
+        gate's value at the input, and the gate's own change counts at the reference's ``a``."""
+        half = a.shape[0] // 2
+        gate = g[:half].detach()
+        reference = a[half:].detach()
+        return (a * g).detach() + torch.cat([gate, gate]) * (a - a.detach()) + torch.cat([reference, reference]) * (
+            g - g.detach())
+
     def softmax(self, z, dim):
+        """``exp(z - s - log S)`` with ``S = sum exp(z - s)``: ``exp`` elementwise, the sum affine, ``log S`` the
+        secant of the log, each exact. The shift ``s`` (the row's largest entry over input and reference) is the
+        same in both halves; the log of the sum is computed stably per half, so that a sum that underflows in one
+        half (scores far below the other half's) still gives a finite, bounded secant."""
         half = z.shape[0] // 2
         shift = torch.maximum(*z.detach().amax(dim, keepdim=True).split(half))
-        e = self.elementwise(z - torch.cat([shift, shift]), torch.exp)
-        return self.bilinear(torch.mul, e, self.elementwise(e.sum(dim, keepdim=True), torch.reciprocal))
+        shift = torch.cat([shift, shift])
+        total = self.elementwise(z - shift, torch.exp).sum(dim, keepdim=True)
+        log_total = torch.logsumexp(z.detach() - shift, dim, keepdim=True)
+        d_total, d_log = total[:half] - total[half:], log_total[:half] - log_total[half:]
+        flat = d_total.abs() <= _flat_tolerance(z.dtype)
+        slope = torch.where(flat, 1 / total[:half], d_log / torch.where(flat, 1.0, d_total)).detach()
+        log_total = _with_multiplier(log_total, total, torch.cat([slope, slope]))
+        return self.elementwise(z - shift - log_total, torch.exp)
 
     def norm(self, node, v):
         _, dim, keepdim = norm_arguments(node)

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 import torch
 from torch import fx, nn
 
-from .tokens import TokenLayout, prefix_tokens, tile_to_batch, token_layout, tokens_to_maps
+from .tokens import TokenLayout, compute_read_rows_only, prefix_tokens, tile_to_batch, token_layout, tokens_to_maps
 
 # Modules traced as single opaque nodes. Subclasses count too: e.g. EfficientNet's
 # ``Conv2dStaticSamePadding`` is an ``nn.Conv2d`` with zero padding, computed from sizes that
@@ -239,7 +239,12 @@ class CamSplit:
             raise ValueError(f"held inputs of different batch sizes: {[tuple(v.shape) for v in held]}")
         bound = copy.copy(self)
         bound.held = tuple(value.detach() for value in held)
-        bound._bound_head = _bind_placeholders(self.open_head, bound.held)
+        head = _bind_placeholders(self.open_head, bound.held)
+        if self.tokens is not None:  # a classifier reading the class token alone: compute that row alone
+            probe = torch.randn(held[0].shape[0], self._channels, *self.tokens.grid,
+                                generator=torch.Generator().manual_seed(0)).to(held[0])
+            head = compute_read_rows_only(head, probe)
+        bound._bound_head = head
         return bound
 
     def for_image(self, index: int) -> CamSplit:
@@ -264,6 +269,7 @@ class CamSplit:
             probe = probe_net(torch.zeros(1, channels, *layout.image_size, device=parameter.device,
                                           dtype=parameter.dtype))
         if isinstance(probe, torch.Tensor) and probe.dim() == 3 and probe.shape[1] == layout.tokens:
+            self._channels = probe.shape[2]
             return layout
         return None
 

@@ -16,10 +16,12 @@ describes where the patch tokens are; :func:`token_layout` reads it from torchvi
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,79 @@ def tile_to_batch(value: torch.Tensor, batch: int) -> torch.Tensor:
                          f"a multiple of {count} (the same images, in the same order), or take one image's head "
                          "with split.for_image(index)")
     return value.repeat(batch // count, *[1] * (value.dim() - 1))
+
+
+# Modules that act on each token alone (along the last dimension), so that rows of their output come from the same
+# rows of their input.
+_TOKENWISE_MODULES = (nn.LayerNorm, nn.Linear, nn.Dropout, nn.Identity, nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh)
+_TOKENWISE_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.mul, F.gelu, F.dropout}
+_ROW_TOLERANCE = 1e-5
+
+
+def _read_row(node: fx.Node) -> int | None:
+    """``k`` where ``node`` is ``tokens[:, k]`` (the class token of a classifier head), else None."""
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return None
+    index = node.args[1]
+    if (isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None) and isinstance(index[1], int)
+            and not isinstance(index[1], bool)):
+        return index[1]
+    return None
+
+
+def compute_read_rows_only(head: fx.GraphModule, probe: torch.Tensor) -> fx.GraphModule:
+    """``head`` computing only the token row it reads, where it reads one (``tokens[:, 0]``: the class token).
+
+    The row selection moves up through the ops that act on each token alone (LayerNorm, linear layers, GELU,
+    dropout, residual adds) to the last attention, ``nn.MultiheadAttention``, whose query it then takes alone (its
+    keys and values stay every token): the last block of a ViT classifier costs its key and value projections
+    and one row of everything else, several times less than the full block. The result must give ``head``'s
+    logits on ``probe`` (maps) and on zero maps, to float32 rounding; otherwise ``head`` is returned as it is.
+    """
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(head.graph, {}))
+    selects = [(node, row) for node in graph.nodes if (row := _read_row(node)) is not None]
+    if len(selects) != 1:
+        return head
+    select, row = selects[0]
+    sliced: dict[fx.Node, fx.Node] = {}
+
+    def rows_of(node: fx.Node) -> fx.Node:
+        """A node computing ``node[:, row:row + 1]``, built from the rows of its inputs where that is exact."""
+        if node in sliced:
+            return sliced[node]
+        module = head.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, _TOKENWISE_MODULES) or (node.op == "call_function" and node.target
+                                                      in _TOKENWISE_FUNCTIONS):
+            args = fx.node.map_arg(node.args, lambda a: a if a.op == "get_attr" else rows_of(a))
+            with graph.inserting_before(select):
+                new = graph.create_node(node.op, node.target, args, node.kwargs)
+        elif (node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0
+              and node.args[0].op == "call_module"
+              and isinstance(head.get_submodule(node.args[0].target), nn.MultiheadAttention)
+              and head.get_submodule(node.args[0].target).batch_first):
+            attention = node.args[0]
+            query, *rest = attention.args
+            with graph.inserting_before(select):
+                call = graph.create_node("call_module", attention.target, (rows_of(query), *rest), attention.kwargs)
+                new = graph.call_function(operator.getitem, (call, 0))
+        else:
+            with graph.inserting_before(select):
+                new = graph.call_function(operator.getitem, (node, (slice(None), slice(row, row + 1))))
+        sliced[node] = new
+        return new
+
+    with graph.inserting_before(select):
+        replacement = graph.call_function(operator.getitem, (rows_of(select.args[0]), (slice(None), 0)))
+    select.replace_all_uses_with(replacement)
+    graph.erase_node(select)
+    pruned = fx.GraphModule(head, graph, class_name=type(head).__name__)
+    pruned.graph.eliminate_dead_code()
+    pruned.recompile()
+    with torch.no_grad():
+        for maps in (probe, torch.zeros_like(probe)):
+            expected, got = head(maps), pruned(maps)
+            if got.shape != expected.shape or (got - expected).abs().max() > _ROW_TOLERANCE * (
+                    1 + expected.abs().max()):
+                return head
+    return pruned
