@@ -372,3 +372,17 @@ def test_antithetic_stepper_is_shapcams(shapes, scenes):
     np.testing.assert_allclose(stepper.alpha, expected.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown estimator 'stratified' for the stepper; valid: plain, antithetic"):
         explore.ShapleyStepper(split, x, estimator="stratified")
+
+
+def test_app_offers_shapes_vit_and_shows_its_maps_and_stepper(scenes):
+    """The ViT of the scenes: its map over the image, its numbers, and a SHAP-CAM stepper over its 64 token channels."""
+    app = widgets.explorer_app(records=scenes, device="cpu")
+    assert "shapes_vit" in app.controls["model"].options
+    app.controls["model"].value = "shapes_vit"
+    text = widgets.output_text(app.out)
+    assert text.startswith(f"{scenes[0].name} at encoder.layers.encoder_layer_2, target") and "Error" not in text
+    assert "IC " in text and "insertion AUC" in text
+    assert sum(o["output_type"] == "display_data" for o in app.out.outputs) == 1
+    (stepper,) = app.stepper_box.children
+    stepper.controls["one"].click()
+    assert "orderings: 1 " in widgets.output_text(stepper.out) and "64 maps" in widgets.output_text(stepper.out)

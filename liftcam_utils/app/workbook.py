@@ -43,6 +43,7 @@ QUICK_PARAMETERS = {
     "05_localization": {"n_images": 24, "n_grids": 4},
     "06_vqa": {"n_images": 60},
     "07_sanity_checks": {"n_images": 1, "max_depth": 9},
+    "08_beyond_cnns": {"n_images": 12, "sanity_images": 2},
 }
 
 
