@@ -17,26 +17,15 @@ quadratic control variate needs a head that factors into channelwise sums, which
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from peers import _seconds  # median of timed runs after a warm-up (none for one run)
 from torch import nn
 
 import liftcam_utils as lu
 from liftcam_utils.datasets import load_dataset, select
-
-
-def _seconds(fn, repeats: int, warm_up: bool = True) -> float:
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         reference = _seconds(forward, args.repeats)
         print(f"{method:<22}{ours:>10.3f}{reference:>12.3f}{ours / reference:>12.2f}")
     inputs_time = _seconds(forward, args.repeats)
-    shapcam = _seconds(lambda: lu.coefficients("shapcam", split, x, n_permutations=args.orderings, seed=0), 1,
-                       warm_up=False)
+    shapcam = _seconds(lambda: lu.coefficients("shapcam", split, x, n_permutations=args.orderings, seed=0), 1)
     reference = _seconds(forward, args.repeats)
     print(f"{f'shapcam P={args.orderings}':<22}{shapcam:>10.3f}{reference:>12.3f}{shapcam / reference:>12.2f}")
     print(f"SHAP-CAM: {args.orderings / shapcam:.3f} orderings per second "

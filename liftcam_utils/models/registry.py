@@ -149,24 +149,15 @@ def _efficientnet_lite0_net(weights) -> nn.Module:
     return net
 
 
-def _shapes_vgg_entry():
+def _scene_classifier_entry(make_net, default_weights, layer):
+    """A classifier of the synthetic scenes we train (``shapes_vgg``, ``shapes_vit``): its registry entry."""
     def build(weights):
-        net = shapes_vgg.ShapesVGG(len(SCENE_CLASS_NAMES))
+        net = make_net(len(SCENE_CLASS_NAMES))
         if weights is not None:
-            load_state_dict_file(net, shapes_vgg.DEFAULT_WEIGHTS if weights == "default" else weights)
+            load_state_dict_file(net, default_weights if weights == "default" else weights)
         return net
 
-    return build, shapes_vgg.SHAPES_VGG_LAYER, shapes_preprocess, list(SCENE_CLASS_NAMES)
-
-
-def _shapes_vit_entry():
-    def build(weights):
-        net = shapes_vit.shapes_vit_net(len(SCENE_CLASS_NAMES))
-        if weights is not None:
-            load_state_dict_file(net, shapes_vit.DEFAULT_WEIGHTS if weights == "default" else weights)
-        return net
-
-    return build, shapes_vit.SHAPES_VIT_LAYER, shapes_preprocess, list(SCENE_CLASS_NAMES)
+    return build, layer, shapes_preprocess, list(SCENE_CLASS_NAMES)
 
 
 def _shapes_vqa_entry():
@@ -194,8 +185,10 @@ _MODELS = {
                          list(_IMAGENET_CATEGORIES)),
     "vit_b_16": lambda: (lambda w: _torchvision_net("vit_b_16", w), "encoder.layers.encoder_layer_10",
                          _IMAGENET_PREPROCESS, list(_IMAGENET_CATEGORIES)),
-    "shapes_vgg": _shapes_vgg_entry,
-    "shapes_vit": _shapes_vit_entry,
+    "shapes_vgg": lambda: _scene_classifier_entry(shapes_vgg.ShapesVGG, shapes_vgg.DEFAULT_WEIGHTS,
+                                                  shapes_vgg.SHAPES_VGG_LAYER),
+    "shapes_vit": lambda: _scene_classifier_entry(shapes_vit.shapes_vit_net, shapes_vit.DEFAULT_WEIGHTS,
+                                                  shapes_vit.SHAPES_VIT_LAYER),
     "vgg16_voc": lambda: (lambda w: _torchray_vgg16_net("voc", 20, w), "features.29", _CAFFE_PREPROCESS,
                           list(VOC_CLASSES)),
     "vgg16_coco": lambda: (lambda w: _torchray_vgg16_net("coco", 80, w), "features.29", _CAFFE_PREPROCESS,
