@@ -313,3 +313,20 @@ def test_the_head_computes_the_class_token_row_alone():
     with torch.no_grad():
         torch.testing.assert_close(bound.head(maps), full_head(maps), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(bound.head(maps), model.net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_vit_b_16_at_its_default_layer():
+    """torchvision's ViT-B/16 (random weights, the classifier drawn at random): the default cut gives 768 token maps
+    on the 14 x 14 patch grid, the bound head reproduces the network, and LIFT-CAM is locally accurate there."""
+    torch.manual_seed(0)
+    model = lu.load_model("vit_b_16", weights=None, device="cpu")
+    nn.init.normal_(model.net.heads.head.weight, std=0.02)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    split = model.split()
+    maps, held = split.encode(x)
+    assert split.layer == "encoder.layers.encoder_layer_10" and maps.shape == (1, 768, 14, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(split.bind(held).head(maps), model.net(x), rtol=1e-4, atol=1e-4)
+    alpha = lu.coefficients("liftcam", split, x)
+    full, empty, _ = head_values(split, x)
+    torch.testing.assert_close(alpha.sum(1), full - empty, rtol=1e-4, atol=1e-4)
