@@ -330,3 +330,25 @@ def test_vit_b_16_at_its_default_layer():
     alpha = lu.coefficients("liftcam", split, x)
     full, empty, _ = head_values(split, x)
     torch.testing.assert_close(alpha.sum(1), full - empty, rtol=1e-4, atol=1e-4)
+
+
+class _ReadsAColumn(nn.Module):
+    """``fc(mean of the maps)[:, 0]``: an index like the class token's, of a tensor that has no token rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, maps):
+        return self.fc(maps.mean((2, 3)))[:, 0:1] + self.fc(maps.mean((2, 3)))[:, 0][:, None]
+
+
+def test_the_row_saving_keeps_the_head_where_it_would_change_it():
+    from torch import fx
+
+    from liftcam_utils.engine.tokens import compute_read_rows_only
+
+    head = fx.symbolic_trace(_ReadsAColumn().eval())
+    probe = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    kept = compute_read_rows_only(head, probe)
+    torch.testing.assert_close(kept(probe), head(probe))
