@@ -108,7 +108,8 @@ class _RuleInterpreter(fx.Interpreter):
             out = self.affine_module(self.module.get_submodule(node.target), out)
         return out
 
-    def elementwise(self, z: torch.Tensor, g) -> torch.Tensor:
+    def elementwise(self, z: torch.Tensor, g, value: torch.Tensor | None = None) -> torch.Tensor:
+        """``g(z)`` with the rule's multiplier; ``value``: ``g(z)`` where computed more stably than by ``g``."""
         raise NotImplementedError
 
     def max_pool(self, node: fx.Node, z: torch.Tensor) -> None:
@@ -200,8 +201,8 @@ def _derivative(g, z: torch.Tensor) -> torch.Tensor:
 class _RescaleInterpreter(_RuleInterpreter):
     """DeepLIFT-Rescale on a stacked batch: first half the input, second half the reference."""
 
-    def elementwise(self, z, g):
-        out = g(z)
+    def elementwise(self, z, g, value=None):
+        out = g(z) if value is None else value
         half = z.shape[0] // 2
         dz = z[:half] - z[half:]
         dy = out[:half] - out[half:]
@@ -247,17 +248,13 @@ class _RescaleInterpreter(_RuleInterpreter):
     def softmax(self, z, dim):
         """``exp(z - s - log S)`` with ``S = sum exp(z - s)``: ``exp`` elementwise, the sum affine, ``log S`` the
         secant of the log, each exact. The shift ``s`` (the row's largest entry over input and reference) is the
-        same in both halves; the log of the sum is computed stably per half, so that a sum that underflows in one
+        same in both halves; the log of the sum is ``logsumexp`` per half, so that a sum that underflows in one
         half (scores far below the other half's) still gives a finite, bounded secant."""
         half = z.shape[0] // 2
         shift = torch.maximum(*z.detach().amax(dim, keepdim=True).split(half))
         shift = torch.cat([shift, shift])
         total = self.elementwise(z - shift, torch.exp).sum(dim, keepdim=True)
-        log_total = torch.logsumexp(z.detach() - shift, dim, keepdim=True)
-        d_total, d_log = total[:half] - total[half:], log_total[:half] - log_total[half:]
-        flat = d_total.abs() <= _flat_tolerance(z.dtype)
-        slope = torch.where(flat, 1 / total[:half], d_log / torch.where(flat, 1.0, d_total)).detach()
-        log_total = _with_multiplier(log_total, total, torch.cat([slope, slope]))
+        log_total = self.elementwise(total, torch.log, torch.logsumexp(z.detach() - shift, dim, keepdim=True))
         return self.elementwise(z - shift - log_total, torch.exp)
 
     def norm(self, node, v):
@@ -287,8 +284,8 @@ class _EpsilonInterpreter(_RuleInterpreter):
         super().__init__(head)
         self.epsilon = epsilon
 
-    def elementwise(self, z, g):
-        out = g(z)
+    def elementwise(self, z, g, value=None):
+        out = g(z) if value is None else value
         safe_z = torch.where(z == 0, 1.0, z)
         m = torch.where(z == 0, 0.0, out / safe_z)
         return _with_multiplier(out, z, m)

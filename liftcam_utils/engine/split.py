@@ -190,8 +190,7 @@ class CamSplit:
         self._outputs = _layer_outputs(graph)
         self.layer = self._resolve(layer)
         cut = self._outputs[self.layer]
-        self.tokens: TokenLayout | None = None
-        self.tokens = self._token_cut(graph, cut)
+        self.tokens, self._channels = self._token_cut(graph, cut)
         if require_maps and self.tokens is None:
             self._check_maps_layer(cut)
         held = self._held_nodes(graph, cut)
@@ -256,22 +255,22 @@ class CamSplit:
             raise ValueError("for_image needs a bound split (split.bind(held))")
         return self.bind(tuple(value[index:index + 1] for value in self.held))
 
-    def _token_cut(self, graph: fx.Graph, cut: fx.Node) -> TokenLayout | None:
-        """The network's token layout where the cut outputs its tokens (B, T, D), else None. The output's shape
-        comes from one run up to the cut on a zero image of the model's input size."""
+    def _token_cut(self, graph: fx.Graph, cut: fx.Node) -> tuple[TokenLayout | None, int | None]:
+        """The network's token layout and the tokens' dimension D where the cut outputs its tokens (B, T, D), else
+        ``(None, None)``. The output's shape comes from one run up to the cut on a zero image of the model's input
+        size."""
         layout = token_layout(self.net)
         if layout is None:
-            return None
+            return None, None
         channels = next(m.in_channels for m in self.net.modules() if isinstance(m, nn.Conv2d))
-        probe_net = _graph_module(self.net, self._body_graph(graph, cut), "CamProbe")
+        probe_net = _graph_module(self.net, _graph_up_to(graph, cut), "CamProbe")
         parameter = next(self.net.parameters())
         with torch.no_grad(), eval_mode(self.net):
             probe = probe_net(torch.zeros(1, channels, *layout.image_size, device=parameter.device,
                                           dtype=parameter.dtype))
         if isinstance(probe, torch.Tensor) and probe.dim() == 3 and probe.shape[1] == layout.tokens:
-            self._channels = probe.shape[2]
-            return layout
-        return None
+            return layout, probe.shape[2]
+        return None, None
 
     # -- layer names -------------------------------------------------------------------------
     def layers(self) -> list[str]:
@@ -307,22 +306,17 @@ class CamSplit:
     def _body_graph(self, graph: fx.Graph, cut: fx.Node, held: list[fx.Node] | None = None) -> fx.Graph:
         """The graph up to the cut. With ``held`` (a token cut's encoder): it outputs the maps, the prefix tokens
         and the ``held`` values; else the maps alone (for a token cut, the patch tokens as maps)."""
-        body = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        for node in graph.nodes:
-            if node.op == "output":
-                break
-            env[node] = body.node_copy(node, lambda n: env[n])
-            if node is cut:
-                break
         if self.tokens is None:
-            body.output(env[cut])
-            return body
-        maps = body.call_function(tokens_to_maps, (env[cut], self.tokens.prefix, self.tokens.grid))
+            return _graph_up_to(graph, cut)
+        env: dict[fx.Node, fx.Node] = {}
+        body = _graph_up_to(graph, cut, env)
+        tokens = env[cut]
+        body.erase_node(next(iter(reversed(body.nodes))))  # its output, the tokens: the maps instead
+        maps = body.call_function(tokens_to_maps, (tokens, self.tokens.prefix, self.tokens.grid))
         if held is None:
             body.output(maps)
             return body
-        prefix = [body.call_function(prefix_tokens, (env[cut], self.tokens.prefix))] if self.tokens.prefix else []
+        prefix = [body.call_function(prefix_tokens, (tokens, self.tokens.prefix))] if self.tokens.prefix else []
         body.output((maps, *prefix, *(env[node] for node in held)))
         return body
 
@@ -403,6 +397,20 @@ class CamSplit:
 
     def __repr__(self) -> str:
         return f"CamSplit({type(self.net).__name__}, layer={self.layer!r})"
+
+
+def _graph_up_to(graph: fx.Graph, cut: fx.Node, env: dict[fx.Node, fx.Node] | None = None) -> fx.Graph:
+    """A copy of ``graph`` up to ``cut``, whose output is ``cut``'s; ``env`` (if given) maps each node to its copy."""
+    env = {} if env is None else env
+    body = fx.Graph()
+    for node in graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = body.node_copy(node, lambda n: env[n])
+        if node is cut:
+            break
+    body.output(env[cut])
+    return body
 
 
 def _nodes_up_to(graph: fx.Graph, cut: fx.Node) -> set[fx.Node]:
