@@ -222,13 +222,34 @@ def test_bad_coalitions_are_refused(resnet50, images):
         ChannelGame(prepare(resnet50.split(), images[:1]), 0, batch_size=0)
 
 
-def test_one_term_coalitions_take_the_sparse_path_exactly(lite0, images):
-    """Ablation-style coalitions (all but one channel) against the full head."""
+@pytest.mark.parametrize("kind", ["all but one", "one alone", "mixed with both ends", "a few each"])
+def test_coalitions_one_or_a_few_channels_from_an_end_take_rows_exactly(lite0, images, kind):
+    """Ablation-style coalitions (all but one channel), their mirror (one channel alone), both in one batch with
+    the empty and the full coalition (rows taken from the contributions, not summed), and coalitions of three
+    channels (the sparse product) against the full head."""
     inputs = prepare(lite0.split("_blocks.15._swish@0"), images[:1])
-    game = ChannelGame(inputs, 0)
-    without_one = 1 - torch.eye(game.n)[:40]
-    torch.testing.assert_close(game.values(without_one), _full_head_values(inputs, 0, without_one),
+    game = ChannelGame(inputs, 0, batch_size=32)
+    one = torch.eye(game.n)[:40]
+    coalitions = {"all but one": 1 - one, "one alone": one,
+                  "mixed with both ends": torch.cat([1 - one[:20], torch.zeros(1, game.n), one[20:],
+                                                     torch.ones(1, game.n)]),
+                  "a few each": one + one.roll(1, 1) + one.roll(7, 1)}[kind]
+    torch.testing.assert_close(game.values(coalitions), _full_head_values(inputs, 0, coalitions),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_games_of_the_same_maps_share_their_contributions(lite0, images):
+    """One image with two targets (a mosaic's quadrants): the second game takes the first's contributions and
+    gives the values of a game built on its own; another image's game does not take them."""
+    x = torch.cat([images[:1], images[:1], images[1:2]])
+    inputs = prepare(lite0.split("_blocks.15._swish@0"), x, torch.tensor([3, 7, 3]))
+    first, second, other = (ChannelGame.of(inputs, i) for i in range(3))
+    assert second._contributions is first._contributions
+    assert other._contributions is not first._contributions
+    alone = ChannelGame(prepare(lite0.split("_blocks.15._swish@0"), x[1:2], torch.tensor([7])), 0)
+    coalitions = 1 - torch.eye(first.n)[:24]
+    torch.testing.assert_close(second.values(coalitions), alone.values(coalitions), rtol=0, atol=0)
+    assert not torch.equal(second.values(coalitions), first.values(coalitions))  # the targets differ
 
 
 # ------------------------------------------------------------------------------------------------

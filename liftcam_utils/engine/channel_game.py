@@ -54,7 +54,11 @@ class ChannelGame:
         self._head = inputs.split.for_image(index).head
         self._control: QuadraticControl | None = None  # set on the residual games of :meth:`minus`
         self._factored = factor_head(self._head)
-        parts = None if self._factored is None else self._factored.contributions(self.maps, batch_size)
+        twin = self._twin(inputs)
+        if twin is not None:  # the same maps through the same head (e.g. one image with several targets)
+            parts = None if twin._factored is None else (twin._base, twin._full, twin._contributions)
+        else:
+            parts = None if self._factored is None else self._factored.contributions(self.maps, batch_size)
         if parts is None:  # no factors, or their contributions do not add up on these maps
             self._factored = None
             self.orderings_per_batch = max(1, batch_size // self.n)
@@ -66,6 +70,12 @@ class ChannelGame:
             rows = max(1, min(batch_size, budget // size))
             self._steps = min(_STEPS_PER_CHUNK, rows)
             self.orderings_per_batch = rows // self._steps
+
+    def _twin(self, inputs: CamInput) -> ChannelGame | None:
+        """A game of ``inputs`` built before on equal maps, the same head and batch size: its contributions (read
+        only) serve this one too."""
+        return next((game for game in inputs.games.values() if game._head is self._head
+                     and game.batch_size == self.batch_size and torch.equal(game.maps, self.maps)), None)
 
     @classmethod
     def of(cls, inputs: CamInput, index: int, batch_size: int = 256) -> ChannelGame:
@@ -113,14 +123,28 @@ class ChannelGame:
         if self._factored is None:
             return torch.cat([self._head(self.maps[None] * chunk[:, :, None, None])[:, self.target]
                               for chunk in coalitions.split(self.batch_size)])
-        # Sum the fewer terms: from M(P(0)) up for sparse coalitions, from M(P(A)) down for dense ones.
+        return torch.cat([self._rest(self._mixed(chunk)) for chunk in coalitions.split(self.batch_size)])
+
+    def _mixed(self, coalitions: torch.Tensor) -> torch.Tensor:
+        """``M(P(A * 1_S))`` (flattened) for each 0/1 row ``S`` of ``coalitions``: the fewer terms are summed, from
+        ``M(P(0))`` up for sparse coalitions, from ``M(P(A))`` down for dense ones."""
         sparse = coalitions.sum(1, keepdim=True) <= self.n / 2
         terms = torch.where(sparse, coalitions, 1 - coalitions)
-        if terms.mean() < 0.05 and terms.device.type == "cpu":  # e.g. Ablation-CAM: one term per coalition
+        counts = terms.sum(1, keepdim=True)
+        if counts.max() <= 1:  # e.g. Ablation-CAM: each coalition one channel away from an end, a row taken
+            sums = self._contributions[terms.argmax(1)]
+            if not bool(counts.all()):
+                sums.mul_(counts)
+        elif terms.mean() < 0.05 and terms.device.type == "cpu":  # a few terms per coalition
             sums = torch.sparse.mm(terms.to_sparse(), self._contributions)
         else:
             sums = terms @ self._contributions
-        return self._rest(torch.where(sparse, self._base.flatten() + sums, self._full.flatten() - sums))
+        base, full = self._base.flatten(), self._full.flatten()
+        if bool(sparse.all()):  # in place where all rows go one way: fewer passes over the (rows, size) sums
+            return sums.add_(base)
+        if not bool(sparse.any()):
+            return torch.sub(full, sums, out=sums)
+        return torch.where(sparse, base + sums, full - sums)
 
     @functools.cached_property
     def ends(self) -> torch.Tensor:

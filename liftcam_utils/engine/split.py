@@ -62,7 +62,7 @@ class CamTracer(fx.Tracer):
         return isinstance(module, _LEAF_TYPES) or super().is_leaf_module(module, qualified_name)
 
 
-def _trace(net: nn.Module) -> fx.Graph:
+def trace(net: nn.Module) -> fx.Graph:
     """The network's graph, in eval mode. A ``GraphModule`` (e.g. from ``fix_inputs``) is not traced
     again: a copy of its own graph keeps the full module names it was traced with."""
     if isinstance(net, fx.GraphModule):
@@ -185,7 +185,7 @@ class CamSplit:
         if not isinstance(net, nn.Module):
             raise TypeError(f"split_model expects a torch.nn.Module, got {type(net).__name__}")
         self.net = net
-        graph = _trace(net)
+        graph = trace(net)
         _check_single_input(net, graph)
         self._outputs = _layer_outputs(graph)
         self.layer = self._resolve(layer)

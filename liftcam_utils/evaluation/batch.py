@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..datasets.records import ImageRecord, select
 from ..engine.cam_input import prepare
 from ..engine.cam_map import cam_map
+from ..engine.inference_net import inference_net
 from ..engine.outputs import check_output
 from ..engine.split import eval_mode
 from ..json_values import VALID_TYPES, json_value
@@ -58,6 +59,7 @@ METRIC_COLUMNS = {"faithfulness": ("Y", "O", "D", "IC", "AD", "ADD"),
 CURVE_POINTS = {"insertion_curve": len(M.DELTAS), "deletion_curve": len(M.DELTAS),
                 "road_morf_curve": len(M.ROAD_FRACTIONS), "road_lerf_curve": len(M.ROAD_FRACTIONS)}
 UNDEFINED_AS_NAN = ("pointing", "cosine")
+_SCORED = ("faithfulness", "insertion_deletion", "road")  # the metrics that run the network
 
 
 @dataclass(frozen=True)
@@ -149,25 +151,26 @@ def _shard_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
             for spec in specs}
 
 
-def _metric_columns(model: LoadedModel, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor,
+def _metric_columns(net: nn.Module, output: str, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor,
                     baseline: torch.Tensor, metrics: tuple[str, ...], road_noise: torch.Tensor | None,
                     box_masks: torch.Tensor | None) -> dict[str, list]:
-    """The columns of ``metrics`` (all but ``"cosine"``) for the (B, H, W) ``saliency`` maps of images ``x``."""
+    """The columns of ``metrics`` (all but ``"cosine"``) for the (B, H, W) ``saliency`` maps of images ``x``, scored
+    by ``net`` under the output function ``output``."""
     columns = {}
     if "faithfulness" in metrics:
-        scores = M.confidence_scores(model.net, x, saliency, target, baseline, output=model.output)
+        scores = M.confidence_scores(net, x, saliency, target, baseline, output=output)
         columns.update({key: value.tolist() for key, value in scores.items()})
         columns["IC"] = M.increase_in_confidence(scores["Y"], scores["O"]).tolist()
         columns["AD"] = M.average_drop(scores["Y"], scores["O"]).tolist()
         columns["ADD"] = M.average_drop_in_deletion(scores["Y"], scores["D"]).tolist()
     if "insertion_deletion" in metrics:
-        curves = M.insertion_deletion_curves(model.net, x, saliency, target, baseline, output=model.output)
+        curves = M.insertion_deletion_curves(net, x, saliency, target, baseline, output=output)
         columns["insertion_auc"] = M.auc(curves["insertion"]).tolist()
         columns["deletion_auc"] = M.auc(curves["deletion"]).tolist()
         columns["insertion_curve"] = curves["insertion"].tolist()  # at metrics.DELTAS, for plots
         columns["deletion_curve"] = curves["deletion"].tolist()
     if "road" in metrics:
-        curves = M.road_curves(model.net, x, saliency, target, noise=road_noise, output=model.output)
+        curves = M.road_curves(net, x, saliency, target, noise=road_noise, output=output)
         columns["road_morf"] = M.road_score(curves["morf"]).tolist()
         columns["road_lerf"] = M.road_score(curves["lerf"]).tolist()
         columns["road_morf_curve"] = curves["morf"].tolist()  # at metrics.ROAD_FRACTIONS, for plots
@@ -197,6 +200,8 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
         reference_alpha = METHODS[reference.method](inputs, **reference.kwargs) if reference else None
         box_masks = (torch.stack([box_mask_after_preprocess(r, model.preprocess, r.label, size) for r in records])
                      if "pointing" in metrics else None)
+        # the scores' forward passes: batch norms folded where they fold (the same function, fewer passes)
+        scoring = inference_net(model.net, x[:1]) if set(metrics) & set(_SCORED) else model.net
         scored: list[tuple[torch.Tensor, dict]] = []  # (saliency maps, their metric columns) of this shard
         for spec in specs:
             start = time.perf_counter()
@@ -211,7 +216,8 @@ def _image_rows(model: LoadedModel, layer: str | None, records: list[ImageRecord
             # utility) gets that method's scores: every metric is a function of the maps alone
             same = next((done for maps, done in scored if torch.equal(maps, saliency)), None)
             if same is None:
-                same = _metric_columns(model, x, saliency, target, baseline, metrics, road_noise, box_masks)
+                same = _metric_columns(scoring, model.output, x, saliency, target, baseline, metrics, road_noise,
+                                       box_masks)
                 scored.append((saliency, same))
             columns.update(same)
             if reference_alpha is not None:  # cosine of two alphas (B, N); NaN for per-pixel weights (B, N, h, w)
