@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
+from memory_format import interleaved  # benchmarks/: the same interleaved timing
 
 import liftcam_utils as lu
 from liftcam_utils.datasets import load_dataset
@@ -33,18 +32,6 @@ from liftcam_utils.engine.inference_net import inference_net
 from liftcam_utils.methods.perturbation import ablationcam
 
 LAYER = "_blocks.15._swish@0"
-
-
-def interleaved(a, b, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``a()`` and of ``b()``, timed alternately ``repeats`` times after one warm-up each."""
-    a(), b()
-    times = {a: [], b: []}
-    for _ in range(repeats):
-        for fn in (a, b):
-            start = time.perf_counter()
-            fn()
-            times[fn].append(time.perf_counter() - start)
-    return statistics.median(times[a]), statistics.median(times[b])
 
 
 def forward_rows(repeats: int) -> list[tuple]:

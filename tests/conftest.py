@@ -64,3 +64,16 @@ def head_values(split, x, target=None):
     c = logits.argmax(1) if target is None else target
     rows = torch.arange(len(c))
     return logits[rows, c], empty[rows, c], c
+
+
+def randomise_batch_norms(net: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
+    """``net`` in eval mode with every batch norm's statistics and affine parameters drawn from ``generator`` (an
+    untrained batch norm is the identity, which hides what a test of it should see)."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(torch.randn(size, generator=generator))
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.randn(size, generator=generator))
+            module.bias.data.copy_(torch.randn(size, generator=generator))
+    return net.eval()

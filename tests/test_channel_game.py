@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import randomise_batch_norms
 from torch import nn
 
 import liftcam_utils as lu
@@ -68,17 +69,6 @@ class _ShiftedConv(nn.Conv2d):
         return super().forward(x.roll(1, dims=-2))
 
 
-def _randomise_batch_norms(net: nn.Module, generator: torch.Generator) -> nn.Module:
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            size = module.num_features
-            module.running_mean.copy_(torch.randn(size, generator=generator))
-            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.randn(size, generator=generator))
-            module.bias.data.copy_(torch.randn(size, generator=generator))
-    return net.eval()
-
-
 def _random_split(channelwise: bool, first_mixing: type = nn.Conv2d, seed: int = 0):
     """body: conv + ReLU (40 maps); head: [dw-conv, BN, ReLU6] (P), 1 x 1 conv, BN, 1 x 1 conv, BN (M),
     ReLU6, avgpool, fc (R); random weights and batch-norm statistics."""
@@ -89,7 +79,7 @@ def _random_split(channelwise: bool, first_mixing: type = nn.Conv2d, seed: int =
         first_mixing(40, 24, 1), nn.BatchNorm2d(24), nn.Conv2d(24, 32, 1, bias=False), nn.BatchNorm2d(32),
         nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5),
     )
-    split = lu.split_model(_randomise_batch_norms(net, torch.Generator().manual_seed(seed)), "1")
+    split = lu.split_model(randomise_batch_norms(net, torch.Generator().manual_seed(seed)), "1")
     x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
     return split, x
 

@@ -243,6 +243,29 @@ def test_a_thin_strip_is_refused_by_its_aspect_ratio_before_decoding(tmp_path, l
         ImageRecord("strip.png", (0,), path=strip).image()
 
 
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_sixteen_bit_grey_images_are_scaled_not_clipped(tmp_path, suffix):
+    """A 16-bit ramp reads as the same ramp in 8 bits (v / 257, rounded), not as white above 255 (Pillow's own
+    conversion clips it)."""
+    ramp = (np.arange(30 * 40).reshape(30, 40) * 54).astype(np.uint16)  # 0 .. 64746
+    (tmp_path / "tench").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "tench" / f"ramp{suffix}")
+    pixels = np.asarray(load_dataset("folder", data_dir=tmp_path)[0].image())
+    assert pixels.shape == (30, 40, 3) and (pixels == pixels[..., :1]).all()
+    assert np.array_equal(pixels[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("values, mode, problem", [
+    (np.full((30, 40), -3, dtype=np.int32), "I", "32-bit integers from -3 to -3"),
+    (np.full((30, 40), 0.5, dtype=np.float32), "F", "floating-point values"),
+])
+def test_grey_images_without_an_eight_bit_scale_are_refused(tmp_path, values, mode, problem):
+    (tmp_path / "tench").mkdir()
+    Image.fromarray(values, mode=mode).save(tmp_path / "tench" / "wide.tif")
+    with pytest.raises(ValueError, match=f"wide.tif.*{problem}.*save it with 8-bit or 16-bit unsigned samples"):
+        load_dataset("folder", data_dir=tmp_path)[0].image()
+
+
 def test_netpbm_files_are_read(tmp_path):
     root = tmp_path / "tench"
     write_image(root / "a.ppm", seed=1)

@@ -2,25 +2,12 @@
 
 import pytest
 import torch
+from conftest import randomise_batch_norms
 from torch import nn
 
 import liftcam_utils as lu
 from liftcam_utils.engine import inference_net as module
 from liftcam_utils.engine.inference_net import inference_net
-
-
-def _trained_like(net: nn.Module, seed: int = 0) -> nn.Module:
-    """``net`` with batch-norm statistics and affine parameters away from their initial values (an untrained
-    batch norm is the identity: folding it would change nothing a test could see)."""
-    generator = torch.Generator().manual_seed(seed)
-    for norm in net.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            n = norm.num_features
-            norm.running_mean.copy_(torch.randn(n, generator=generator))
-            norm.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            norm.weight.data.copy_(torch.randn(n, generator=generator))
-            norm.bias.data.copy_(torch.randn(n, generator=generator))
-    return net.eval()
 
 
 def _conv_bn_net(shared: bool = False) -> nn.Module:
@@ -40,7 +27,7 @@ def _conv_bn_net(shared: bool = False) -> nn.Module:
             return self.fc(h.mean((2, 3)))
 
     torch.manual_seed(0)
-    return _trained_like(Net())
+    return randomise_batch_norms(Net(), torch.Generator().manual_seed(0))
 
 
 def _norms(net: nn.Module) -> int:

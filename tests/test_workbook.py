@@ -79,9 +79,13 @@ def test_report_opens_with_the_verdicts(tmp_path):
     table = verdicts.verdict_table({"photos": rows}, [claim])
     report.save_verdicts(table, "04_faithfulness", tmp_path)
     report.save_table(pd.DataFrame({"AD": [1.0]}, index=["a"]), "04_faithfulness_table3", tmp_path)
+    (tmp_path / "04_faithfulness_bars.png").write_bytes(b"")
     text = report.build_report(tmp_path).read_text()
     verdict_at, table_at = text.index("## Verdicts"), text.index("04_faithfulness_table3")
     assert verdict_at < table_at
+    # figures are not committed (.gitignore): named, never linked, so the committed report has no broken link
+    assert "`04_faithfulness_bars.png`, written beside this report by `make workbook`" in text
+    assert "](04_faithfulness_bars.png)" not in text
     # 8 units all 5 points better: the exact one-sided sign-flip p is 2^-8; the margin is the practical 1 point of AD
     assert ("| photos | a lowers AD | Table 3 | 3.5 vs 8.5 (b) | -5 [-5, -5] |  | 1 (practical) | 8 (8) | 8/8 | 0.0039 "
             "| holds |" in text)

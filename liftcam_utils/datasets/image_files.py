@@ -18,6 +18,11 @@ would become a 768000 x 256 image (+776 MB) for nothing the model could use. A f
 a :class:`ValueError` naming it (crop or downscale it, or remove it), never silently skipped or shrunk. Pillow's own
 decompression-bomb guard is an error too. A missing file raises :class:`FileNotFoundError`, as ``open`` does.
 
+**Bit depth.** A 16-bit grey image (Pillow's ``I;16`` modes, or its 32-bit ``I`` mode holding values in 0 .. 65535,
+as some 16-bit PNGs open) is scaled to 8 bits (``v / 257``, rounded) before it becomes RGB: Pillow's own conversion
+would clip every value above 255, turning almost the whole image white. Grey images of other integer ranges and
+floating-point ones (mode ``F``) have no agreed scale and are refused.
+
 Each user words its messages through an :class:`ImageFilePolicy` (what the app or the package reads, and what to do
 about a refused file); :data:`DATASETS` is the policy of the dataset readers.
 """
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
@@ -176,13 +182,32 @@ def load_checked(image: Image.Image, name: str, policy: ImageFilePolicy) -> bool
     return several
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_EIGHT_OR_SIXTEEN_BITS = "save it with 8-bit or 16-bit unsigned samples (grey or RGB), or remove it"
+
+
+def as_rgb(image: Image.Image, name: str, policy: ImageFilePolicy) -> Image.Image:
+    """A decoded image as 8-bit RGB; 16-bit grey scaled to 8 bits first (see the module docstring), other wide grey
+    images refused (:class:`ValueError` naming ``name``)."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image)
+        if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise policy.refusal(name, f"is a grey image of 32-bit integers from {values.min()} to {values.max()}, "
+                                 "which has no 8-bit scale", _EIGHT_OR_SIXTEEN_BITS)
+        return Image.fromarray(np.rint(values / 257.0).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
+        raise policy.refusal(name, "is a grey image of floating-point values, which has no 8-bit scale",
+                             _EIGHT_OR_SIXTEEN_BITS)
+    return image.convert("RGB")
+
+
 def read_image_file(path: str | os.PathLike, policy: ImageFilePolicy = DATASETS) -> Image.Image:
-    """The image at ``path`` as RGB (its first frame, fully decoded), after the checks of ``policy``; a
-    :class:`ValueError` naming the file and the reason when it is refused (see the module docstring)."""
+    """The image at ``path`` as RGB (its first frame, fully decoded; :func:`as_rgb`), after the checks of
+    ``policy``; a :class:`ValueError` naming the file and the reason when it is refused (see the module docstring)."""
     name = str(path)
     with open(Path(path), "rb") as file, open_checked(file, name, policy) as image:
         load_checked(image, name, policy)
-        return image.convert("RGB")
+        return as_rgb(image, name, policy)
 
 
 def check_image_file(path: str | os.PathLike, policy: ImageFilePolicy = DATASETS) -> None:
@@ -193,4 +218,5 @@ def check_image_file(path: str | os.PathLike, policy: ImageFilePolicy = DATASETS
 
 
 __all__ = ["DATASETS", "DATASET_FORMATS", "FORMATS", "MAX_ASPECT", "MAX_PIXELS", "MAX_SIDE", "ImageFilePolicy",
-           "check_image_file", "detected_format", "load_checked", "open_checked", "read_image_file", "size_error"]
+           "as_rgb", "check_image_file", "detected_format", "load_checked", "open_checked", "read_image_file",
+           "size_error"]

@@ -4,8 +4,8 @@ The metrics (:mod:`liftcam_utils.evaluation.metrics`) run a network on hundreds 
 and method and never need a gradient. In eval mode a ``BatchNorm2d`` right after a convolution is an affine map
 per channel, ``y = (conv(x) - mu) * gamma / sqrt(var + eps) + beta``, which folds into that convolution's
 weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``): one pass over the activations fewer per layer.
-EfficientNet-Lite0, whose every convolution has its batch norm, runs its forward pass about 1.2 to 1.3 times
-faster on this project's 2-core CPU (``benchmarks/memory_format.py``). Only the rounding changes.
+EfficientNet-Lite0, whose every convolution has its batch norm, runs its forward pass 1.35 times faster on a 2-core
+CPU, ``shapes_vgg`` 1.10 times (``benchmarks/scoring.py``). Only the rounding changes.
 
 :func:`inference_net` builds the folded copy from the network's graph (:func:`~liftcam_utils.engine.split.trace`)
 and checks it against the network on a probe batch before using it; where nothing folds, the graph cannot be

@@ -124,8 +124,8 @@ def build_report(results_dir: str | os.PathLike, title: str = "LIFT-CAM workbook
         notebook = path.name.split("_", 1)[0]
         if path.suffix == ".csv":
             block = f"**{path.stem}**\n\n" + markdown_table(pd.read_csv(path, index_col=0))
-        else:  # figures are written beside the report by each run (the committed notebooks show them inline)
-            block = f"Figure: [{path.stem}]({path.name})"
+        else:  # named, not linked: a run writes the figures beside the report, the repository keeps only the tables
+            block = f"Figure: `{path.name}`, written beside this report by `make workbook`; shown in the notebook"
         sections.setdefault(notebook, []).append(block)
     names = notebooks if notebooks is not None else [p.stem for p in results.glob("[0-9][0-9]_*.ipynb")]
     headings = {name.split("_", 1)[0]: name for name in names}
