@@ -386,6 +386,18 @@ def test_the_output_function_is_part_of_the_cache_key(tiny_model):
     assert C.cache_key({"model": softmax_print}) != C.cache_key({"model": sigmoid_print})
 
 
+def test_a_preprocessing_known_only_by_its_address_is_keyed_with_a_warning(tiny_model):
+    """A lambda prints its memory address, which another process does not share: the key cannot be found again
+    there (never a wrong hit), and the user is told why; torchvision's transforms describe themselves, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        C.model_fingerprint(tiny_model, "features.1")
+    wrapped = dataclasses.replace(tiny_model, preprocess=transforms.Compose(
+        [transforms.Lambda(lambda image: image), *tiny_model.preprocess.transforms]))
+    with pytest.warns(UserWarning, match="described by a memory address.*never found by another"):
+        C.model_fingerprint(wrapped, "features.1")
+
+
 @pytest.fixture
 def global_forward_hook():
     handle = nn.modules.module.register_module_forward_hook(lambda module, inputs, output: output)

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,12 +85,21 @@ def _step_description(step) -> str:
     return f"{type(step).__module__}.{type(step).__qualname__} {attributes!r}"
 
 
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def preprocess_description(preprocess) -> str:
     """``repr(preprocess)`` and, for it and each of its ``transforms``, the class and public attributes.
     An object whose description holds its memory address (a plain function, a lambda) gets a new key in
-    every process: never a wrong hit, at worst a recomputation."""
+    every process: never a wrong hit, at worst a recomputation, with a warning saying so."""
     steps = [preprocess, *getattr(preprocess, "transforms", [])]
-    return "\n".join([repr(preprocess), *map(_step_description, steps)])
+    description = "\n".join([repr(preprocess), *map(_step_description, steps)])
+    if _MEMORY_ADDRESS.search(description):
+        warnings.warn("the model's preprocessing is described by a memory address (a function or lambda, e.g. in "
+                      "transforms.Lambda): results cached by this process are never found by another, which "
+                      "computes them again; a transform with a stable description (torchvision's transforms, or a "
+                      "class whose repr names its settings) lets later runs read them", stacklevel=3)
+    return description
 
 
 def network_tensors(net: nn.Module) -> list[tuple[str, torch.Tensor]]:
