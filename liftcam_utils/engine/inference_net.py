@@ -15,6 +15,7 @@ traced, or the copy does not give the network's outputs, the network itself is r
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import fx, nn
@@ -27,22 +28,13 @@ from .split import eval_mode, trace
 _FOLDING_TOLERANCE = 1e-4
 
 
-def _callers(graph: fx.Graph) -> dict[str, int]:
-    """How often each module is called in ``graph``."""
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    return counts
-
-
 def _fold_batch_norms(net: nn.Module) -> fx.GraphModule | None:
     """A copy of ``net`` (in eval mode) with every batch norm that reads only a convolution's output, called once,
     where that output goes nowhere else, folded into the convolution; None when there is none to fold."""
     graph = trace(net)
     folded = fx.GraphModule(copy.deepcopy(net), graph)
     modules = dict(folded.named_modules())
-    calls = _callers(folded.graph)
+    calls = Counter(node.target for node in folded.graph.nodes if node.op == "call_module")  # calls per module
     count = 0
     for node in list(folded.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
